@@ -1,0 +1,353 @@
+package merge
+
+import (
+	"math"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hfmerge/hfmerge/mergeplan"
+)
+
+// load reads delta i's matrices from the adapter and lays them out for the kernels.
+func (m *tensor) load(i int) (*factors, int64, error) {
+	d := m.t.Deltas[i]
+	f := &factors{rank: d.Rank, cols: m.cols}
+	if d.Vector {
+		v, err := decodeRef(m.in, d.B)
+		if err != nil {
+			return nil, 0, err
+		}
+		f.vec = v
+	} else {
+		a, err := decodeRef(m.in, d.A)
+		if err != nil {
+			return nil, 0, err
+		}
+		b, err := decodeRef(m.in, d.B)
+		if err != nil {
+			return nil, 0, err
+		}
+		var L, R []float64
+		if !d.Transposed {
+			L, R = b, a // B is (rows, r), A is (r, cols)
+		} else {
+			L = transpose(a, d.Rank, m.rows) // A is (r, rows)
+			R = transpose(b, m.cols, d.Rank) // B is (cols, r)
+		}
+		f.rowL1 = make([]float64, m.rows)
+		for o := range f.rowL1 {
+			for _, x := range L[o*d.Rank : (o+1)*d.Rank] {
+				f.rowL1[o] += math.Abs(x)
+			}
+		}
+		f.colMax = make([]float64, m.cols)
+		for k := 0; k < d.Rank; k++ {
+			for j, x := range R[k*m.cols : (k+1)*m.cols] {
+				f.colMax[j] = max(f.colMax[j], math.Abs(x))
+			}
+		}
+		if m.narrow {
+			// Exact: adapter values come from BF16, F16 or F32.
+			f.L32, f.R32 = narrow(L), narrow(R)
+		} else {
+			f.L64, f.R64 = L, R
+		}
+	}
+	if i == 0 && m.t.DoRA != nil {
+		mag, err := decodeRef(m.in, m.t.DoRA.Magnitude)
+		if err != nil {
+			return nil, 0, err
+		}
+		f.mag = mag
+	}
+	cost := int64(len(f.L32)+len(f.R32))*4 +
+		int64(len(f.L64)+len(f.R64)+len(f.vec)+len(f.mag)+len(f.rowL1)+len(f.colMax))*8
+	return f, cost, nil
+}
+
+func (m *tensor) delta(i int) (*factors, error) {
+	return m.factors.get(factorKey{m.t.Name, i}, func() (*factors, int64, error) { return m.load(i) })
+}
+
+// transpose turns a (rows, cols) row-major matrix into (cols, rows).
+func transpose(x []float64, rows, cols int) []float64 {
+	out := make([]float64, len(x))
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			out[j*rows+i] = x[i*cols+j]
+		}
+	}
+	return out
+}
+
+func narrow(x []float64) []float32 {
+	out := make([]float32, len(x))
+	for i, v := range x {
+		out[i] = float32(v)
+	}
+	return out
+}
+
+// block computes rows [r0, r1) into dst, in the output dtype.
+//
+// Without DoRA every element is rounded once from W + Σ s·(L·R). The fast path computes
+// the product in float32 (16-bit outputs) or float64 (F32 outputs) and an error bound for
+// each element; where the bound reaches a rounding boundary, the element is recomputed
+// in double-double. So every element is the correctly rounded value of the exact result,
+// whatever the kernel's summation order, and every kernel gives the same bytes.
+func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
+	raw, err := m.source(r0, r1, acc)
+	if err != nil {
+		return err
+	}
+	n := (r1 - r0) * m.cols
+	v := acc.values(n)
+	m.dec(v, raw)
+	if err := m.patchRows(r0, r1, v); err != nil {
+		return err
+	}
+	osz := size(m.t.DType)
+	if m.t.DoRA != nil {
+		if err := m.fixedValues(r0, r1, v, acc); err != nil {
+			return err
+		}
+		if err := m.doraScale(r0, r1, v); err != nil {
+			return err
+		}
+		for i, x := range v {
+			m.out.put(dst[i*osz:], x)
+		}
+		return m.checkFinite(r0, dst, raw, v)
+	}
+	w := acc.base(n)
+	copy(w, v)
+	e := acc.bounds(n)
+	clear(e)
+	if err := m.addDeltas(r0, r1, v, e, acc); err != nil {
+		return err
+	}
+	for i, x := range v {
+		if !m.out.near(x, e[i]) {
+			m.out.put(dst[i*osz:], x)
+			continue
+		}
+		ex, err := m.exact(r0+i/m.cols, i%m.cols, w[i])
+		if err != nil {
+			return err
+		}
+		v[i] = ex.hi
+		m.out.putExact(dst[i*osz:], ex.hi, ex.lo)
+	}
+	return m.checkFinite(r0, dst, raw, v)
+}
+
+// patchRows replaces trained rows (trainable tokens).
+func (m *tensor) patchRows(r0, r1 int, v []float64) error {
+	for o := r0; o < r1; o++ {
+		p, ok := m.patch[int64(o)]
+		if !ok {
+			continue
+		}
+		rowBytes := int64(m.cols * size(p.values.DType))
+		b := make([]byte, rowBytes)
+		if err := readRef(m.in, p.values, p.row*rowBytes, b); err != nil {
+			return err
+		}
+		decoderFor(p.values.DType)(v[(o-r0)*m.cols:(o-r0+1)*m.cols], b)
+	}
+	return nil
+}
+
+// addDeltas adds every delta to v by the fast path and accumulates each element's error
+// bound in e: the product's rounding, |s|·γ·Σ|L·R| ≤ |s|·γ·‖L[o]‖₁·max|R[:, j]| plus
+// underflow, and the float64 roundings of the scale and the sum.
+func (m *tensor) addDeltas(r0, r1 int, v, e []float64, acc *scratch) error {
+	cols := m.cols
+	for i, d := range m.t.Deltas {
+		f, err := m.delta(i)
+		if err != nil {
+			return err
+		}
+		s, as := d.Scale, math.Abs(d.Scale)
+		if d.Vector {
+			for j := range v {
+				t := s * f.vec[j]
+				v[j] += t
+				e[j] += 0x1p-52 * (math.Abs(t) + math.Abs(v[j]))
+			}
+			continue
+		}
+		rows := r1 - r0
+		if m.narrow {
+			a := acc.f32(len(v))
+			accumulate32(a, f.L32[r0*d.Rank:r1*d.Rank], f.R32, rows, cols, d.Rank)
+			g, tiny := gamma32(d.Rank), float64(d.Rank)*0x1p-149
+			for o := 0; o < rows; o++ {
+				lo := f.rowL1[r0+o] * g
+				for j := 0; j < cols; j++ {
+					idx := o*cols + j
+					t := s * float64(a[idx])
+					v[idx] += t
+					e[idx] += as*(lo*f.colMax[j]+tiny) + 0x1p-52*(math.Abs(t)+math.Abs(v[idx]))
+				}
+			}
+			continue
+		}
+		a := acc.f64(len(v))
+		accumulateFixed(a, f.L64[r0*d.Rank:r1*d.Rank], f.R64, rows, cols, d.Rank)
+		g := gamma64(d.Rank)
+		for o := 0; o < rows; o++ {
+			lo := f.rowL1[r0+o] * g
+			for j := 0; j < cols; j++ {
+				idx := o*cols + j
+				t := s * a[idx]
+				v[idx] += t
+				e[idx] += as*(lo*f.colMax[j]+0x1p-1070) + 0x1p-52*(math.Abs(t)+math.Abs(v[idx]))
+			}
+		}
+	}
+	return nil
+}
+
+// fixedValues adds every delta to v by the fully specified float64 path (DoRA).
+func (m *tensor) fixedValues(r0, r1 int, v []float64, acc *scratch) error {
+	for i, d := range m.t.Deltas {
+		f, err := m.delta(i)
+		if err != nil {
+			return err
+		}
+		if d.Vector {
+			for j := range v {
+				v[j] += d.Scale * f.vec[j]
+			}
+			continue
+		}
+		a := acc.f64(len(v))
+		accumulateFixed(a, f.L64[r0*d.Rank:r1*d.Rank], f.R64, r1-r0, m.cols, d.Rank)
+		for j, x := range a {
+			v[j] += d.Scale * x
+		}
+	}
+	return nil
+}
+
+// doraScale rescales V to the trained magnitudes: per row (Linear) or per column over the
+// whole tensor (Conv1D, embeddings).
+func (m *tensor) doraScale(r0, r1 int, v []float64) error {
+	cols := m.cols
+	if m.t.DoRA.Axis == mergeplan.PerRow {
+		f, err := m.delta(0)
+		if err != nil {
+			return err
+		}
+		for o := r0; o < r1; o++ {
+			row := v[(o-r0)*cols : (o-r0+1)*cols]
+			if n := norm(row); n != 0 { // a zero row stays zero (PEFT would divide by zero)
+				scale := f.mag[o] / n
+				for j := range row {
+					row[j] *= scale
+				}
+			}
+		}
+		return nil
+	}
+	scale, err := m.colScale()
+	if err != nil {
+		return err
+	}
+	for i := range v {
+		v[i] *= scale[i%cols]
+	}
+	return nil
+}
+
+func norm(x []float64) float64 {
+	var s float64
+	for _, v := range x {
+		s += v * v
+	}
+	return math.Sqrt(s)
+}
+
+// source reads rows [r0, r1) of the source tensor into scratch memory.
+func (m *tensor) source(r0, r1 int, acc *scratch) ([]byte, error) {
+	inSize := int64(size(m.t.Source.DType))
+	raw := acc.bytes((r1 - r0) * m.cols * int(inSize))
+	return raw, readRef(m.in, m.t.Source, int64(r0)*int64(m.cols)*inSize, raw)
+}
+
+// checkFinite fails on a non-finite output element whose source element was finite.
+func (m *tensor) checkFinite(r0 int, out, raw []byte, v []float64) error {
+	os, is := size(m.t.DType), size(m.t.Source.DType)
+	for i := range v {
+		if finite(m.t.DType, out[i*os:]) || !finite(m.t.Source.DType, raw[i*is:]) {
+			continue
+		}
+		return &NonFiniteError{Tensor: m.t.Name, Row: int64(r0 + i/m.cols), Col: int64(i % m.cols), Value: v[i], DType: m.t.DType}
+	}
+	return nil
+}
+
+// columnScale is DoRA's per-column rescale, m[j] / ‖V[:, j]‖, which needs every row.
+// Blocks are computed in parallel, a group of jobs at a time, and their partial sums are
+// added in block order, so the result does not depend on the number of jobs.
+func (m *tensor) columnScale(jobs int, pool *sync.Pool) func() ([]float64, error) {
+	return sync.OnceValues(func() ([]float64, error) {
+		f, err := m.delta(0)
+		if err != nil {
+			return nil, err
+		}
+		sums := make([]float64, m.cols)
+		parts := make([][]float64, jobs)
+		for i := range parts {
+			parts[i] = make([]float64, m.cols)
+		}
+		for g := 0; g < m.blocks(); g += jobs {
+			n := min(jobs, m.blocks()-g)
+			var eg errgroup.Group
+			for k := 0; k < n; k++ {
+				eg.Go(func() error {
+					acc := pool.Get().(*scratch)
+					defer pool.Put(acc)
+					r0, r1 := m.span(g + k)
+					raw, err := m.source(r0, r1, acc)
+					if err != nil {
+						return err
+					}
+					v := acc.values((r1 - r0) * m.cols)
+					m.dec(v, raw)
+					if err := m.patchRows(r0, r1, v); err != nil {
+						return err
+					}
+					if err := m.fixedValues(r0, r1, v, acc); err != nil {
+						return err
+					}
+					part := parts[k]
+					clear(part)
+					for i, x := range v {
+						part[i%m.cols] += x * x
+					}
+					return nil
+				})
+			}
+			if err := eg.Wait(); err != nil {
+				return nil, err
+			}
+			for k := 0; k < n; k++ {
+				for j, x := range parts[k] {
+					sums[j] += x
+				}
+			}
+		}
+		for j := range sums {
+			n := math.Sqrt(sums[j])
+			if n == 0 {
+				sums[j] = 1
+				continue
+			}
+			sums[j] = f.mag[j] / n
+		}
+		return sums, nil
+	})
+}

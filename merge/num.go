@@ -1,0 +1,151 @@
+package merge
+
+import (
+	"encoding/binary"
+	"math"
+
+	"github.com/x448/float16"
+
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// toOdd64 moves s, whose exact value lies e beyond it, to the odd neighbour when s is
+// even: the round-to-odd of s + e.
+func toOdd64(s, e float64) float64 {
+	bits := math.Float64bits(s)
+	if bits&1 == 0 {
+		if (e > 0) == (s > 0) {
+			bits++
+		} else {
+			bits--
+		}
+	}
+	return math.Float64frombits(bits)
+}
+
+// roundOdd32 rounds x to float32 with round-to-odd, so that a second rounding to a
+// narrower format (bf16, fp16) is the correct rounding of x.
+func roundOdd32(x float64) float32 {
+	f := float32(x)
+	if float64(f) == x || math.IsNaN(x) || math.IsInf(x, 0) {
+		return f
+	}
+	bits := math.Float32bits(f)
+	if math.IsInf(float64(f), 0) {
+		return math.Float32frombits(bits&0x80000000 | 0x7f7fffff) // largest finite, odd
+	}
+	if bits&1 == 0 {
+		if math.Abs(float64(f)) < math.Abs(x) {
+			bits++
+		} else {
+			bits--
+		}
+	}
+	return math.Float32frombits(bits)
+}
+
+// bf16Bits rounds a float32 to bfloat16, ties to even.
+func bf16Bits(f float32) uint16 {
+	b := math.Float32bits(f)
+	if f != f {
+		return uint16(b>>16) | 0x0040 // keep it a quiet NaN
+	}
+	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
+}
+
+func bf16Value(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }
+
+// decoder turns little-endian elements of a float dtype into float64 values.
+type decoder func(dst []float64, src []byte)
+
+func decoderFor(d safetensors.DType) decoder {
+	switch d {
+	case safetensors.BF16:
+		return func(dst []float64, src []byte) {
+			for i := range dst {
+				dst[i] = float64(bf16Value(binary.LittleEndian.Uint16(src[2*i:])))
+			}
+		}
+	case safetensors.F16:
+		return func(dst []float64, src []byte) {
+			for i := range dst {
+				dst[i] = float64(float16.Frombits(binary.LittleEndian.Uint16(src[2*i:])).Float32())
+			}
+		}
+	case safetensors.F32:
+		return func(dst []float64, src []byte) {
+			for i := range dst {
+				dst[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:])))
+			}
+		}
+	}
+	return nil
+}
+
+// format is an output dtype as the rounding step sees it.
+type format struct {
+	drop      uint    // float64 mantissa bits below the format's precision
+	minNormal float64 // below this the format is subnormal: always recomputed exactly
+	maxFinite float64 // at or above this it overflows: always recomputed exactly
+	put       func(dst []byte, x float64)
+}
+
+// formatFor describes d; put rounds a float64 once to d (to nearest, ties to even) and
+// stores it little-endian.
+func formatFor(d safetensors.DType) *format {
+	switch d {
+	case safetensors.BF16:
+		return &format{45, 0x1p-126, 0x1.fep127, func(dst []byte, x float64) {
+			binary.LittleEndian.PutUint16(dst, bf16Bits(roundOdd32(x)))
+		}}
+	case safetensors.F16:
+		return &format{42, 0x1p-14, 65504, func(dst []byte, x float64) {
+			binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(roundOdd32(x)).Bits())
+		}}
+	case safetensors.F32:
+		return &format{29, 0x1p-126, math.MaxFloat32, func(dst []byte, x float64) {
+			binary.LittleEndian.PutUint32(dst, math.Float32bits(float32(x)))
+		}}
+	}
+	return nil
+}
+
+// near reports whether the exact value of a computed x, known only to lie within e of
+// it, might round differently from x: a rounding boundary (the midpoint between two
+// neighbours of the format) is within e, or x is outside the format's normal range.
+// Boundaries inside x's binade sit where the dropped mantissa bits are exactly one half;
+// the nearest boundary outside it is at least a quarter of a unit away.
+func (f *format) near(x, e float64) bool {
+	a := math.Abs(x)
+	if !(a >= f.minNormal && a < f.maxFinite) {
+		return true
+	}
+	bits := math.Float64bits(a)
+	mask := uint64(1)<<f.drop - 1
+	mid := math.Float64frombits(bits&^mask | 1<<(f.drop-1))
+	quarter := math.Float64frombits(bits&0x7ff0000000000000) * math.Ldexp(1, -int(52-f.drop)-2)
+	return math.Abs(a-mid) <= e || e >= quarter
+}
+
+// putExact rounds hi + lo, known exactly, once to the format.
+func (f *format) putExact(dst []byte, hi, lo float64) {
+	if lo != 0 && !math.IsInf(hi, 0) && !math.IsNaN(hi) {
+		hi = toOdd64(hi, lo) // round-to-odd at 53 bits: the rounding to come is then exact
+	}
+	f.put(dst, hi)
+}
+
+// finite reports whether an encoded element is a finite number.
+func finite(d safetensors.DType, b []byte) bool {
+	switch d {
+	case safetensors.BF16:
+		return binary.LittleEndian.Uint16(b)&0x7f80 != 0x7f80
+	case safetensors.F16:
+		return binary.LittleEndian.Uint16(b)&0x7c00 != 0x7c00
+	case safetensors.F32:
+		return binary.LittleEndian.Uint32(b)&0x7f800000 != 0x7f800000
+	}
+	return true
+}
+
+func size(d safetensors.DType) int { return d.Bits() / 8 }

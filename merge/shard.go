@@ -1,0 +1,277 @@
+// Package merge computes merged shards. A merged shard is a pure function of the base
+// shard's bytes, the adapter's tensors and the plan, exposed as an io.ReaderAt of known
+// size that computes what is read, row block by row block. Writing it to disk, hashing
+// it and uploading a part of it are all reads.
+//
+// Numbers: every output element is W + Σ s·(L·R) rounded once to the output dtype. The
+// low-rank product is a chain of fused multiply-adds in a fixed order, in float32 for
+// BF16 and F16 outputs and in float64 for F32 outputs; the sum with W and the scale, and
+// DoRA's norms and rescale, are computed in float64; the final rounding is to nearest,
+// ties to even (through a round-to-odd float32 for the 16-bit types, which makes it one
+// rounding). Tensors nothing touches are copied byte for byte.
+package merge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hfmerge/hfmerge/mergeplan"
+)
+
+// blockElems is the number of elements a row block aims for: large enough to amortise
+// the per-block work, small enough that a few blocks per core stay in a few megabytes.
+const blockElems = 1 << 18
+
+// Options tune how a shard is computed. They never change its bytes.
+type Options struct {
+	Jobs       int   // goroutines computing a block; default GOMAXPROCS
+	CacheBytes int64 // computed blocks kept for repeated reads; default 16 MiB
+}
+
+// Shard is a merged shard computed on demand. It is safe for concurrent use.
+type Shard struct {
+	plan    *mergeplan.Shard
+	prefix  []byte
+	size    int64
+	tensors []*tensor
+	jobs    int
+	pool    *sync.Pool
+	blocks  *lru[blockKey, []byte]
+}
+
+type blockKey struct{ tensor, block int }
+
+// New prepares the merged shard described by s. in maps every file the plan's refs name
+// (the base shard, mergeplan.AdapterFile) to its contents.
+func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, error) {
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.GOMAXPROCS(0)
+	}
+	if opts.CacheBytes <= 0 {
+		opts.CacheBytes = 16 << 20
+	}
+	sh := &Shard{
+		plan:   s,
+		prefix: s.Layout.Prefix,
+		size:   s.Layout.Size,
+		jobs:   opts.Jobs,
+		pool:   &sync.Pool{New: func() any { return new(scratch) }},
+		blocks: newLRU[blockKey, []byte](opts.CacheBytes),
+	}
+	factors := newLRU[factorKey, *factors](64 << 20)
+	for i := range s.Tensors {
+		t := &s.Tensors[i]
+		refs := []mergeplan.Ref{t.Source}
+		for _, d := range t.Deltas {
+			refs = append(refs, d.A, d.B)
+		}
+		for _, p := range t.Patches {
+			refs = append(refs, p.Values)
+		}
+		if t.DoRA != nil {
+			refs = append(refs, t.DoRA.Magnitude)
+		}
+		for _, r := range refs {
+			if r.File != "" && in[r.File] == nil {
+				return nil, fmt.Errorf("merge: %s needs %s, which was not given", t.Name, r.File)
+			}
+		}
+		m := &tensor{
+			t:       t,
+			off:     s.Layout.DataOffset() + s.Layout.Tensors[i].Begin,
+			rows:    int(t.Rows()),
+			cols:    int(t.Cols()),
+			in:      in,
+			factors: factors,
+		}
+		if !t.Copy() {
+			m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)
+			if m.dec == nil || m.out == nil {
+				return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
+			}
+			m.narrow = t.DType.Bits() <= 16 && t.DoRA == nil
+			m.blockRows = max(1, blockElems/max(1, m.cols))
+			m.patch = map[int64]patch{}
+			for _, p := range t.Patches {
+				for i, idx := range p.Indices {
+					m.patch[idx] = patch{values: p.Values, row: int64(i)}
+				}
+			}
+			if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
+				m.colScale = m.columnScale(sh.jobs, sh.pool)
+			}
+		}
+		sh.tensors = append(sh.tensors, m)
+	}
+	return sh, nil
+}
+
+// Size is the merged shard's size in bytes.
+func (s *Shard) Size() int64 { return s.size }
+
+// ReadAt reads the merged bytes at off, computing the row blocks it covers.
+func (s *Shard) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("merge: negative offset")
+	}
+	n := 0
+	for len(p) > 0 {
+		if off >= s.size {
+			return n, io.EOF
+		}
+		k, err := s.readSome(p, off)
+		n += k
+		off += int64(k)
+		p = p[k:]
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// readSome reads what it can at off from one piece: the header, a copied tensor, or one
+// computed block.
+func (s *Shard) readSome(p []byte, off int64) (int, error) {
+	if off < int64(len(s.prefix)) {
+		return copy(p, s.prefix[off:]), nil
+	}
+	i := sort.Search(len(s.tensors), func(i int) bool {
+		t := s.tensors[i]
+		return t.off+s.plan.Layout.Tensors[i].Len() > off
+	})
+	t := s.tensors[i]
+	rel := off - t.off
+	tlen := s.plan.Layout.Tensors[i].Len()
+	if t.t.Copy() {
+		n := int(min(int64(len(p)), tlen-rel))
+		if err := readRef(t.in, t.t.Source, rel, p[:n]); err != nil {
+			return 0, err
+		}
+		return n, nil
+	}
+	rowBytes := int64(t.cols * size(t.t.DType))
+	blockBytes := int64(t.blockRows) * rowBytes
+	k := int(rel / blockBytes)
+	b, err := s.blocks.get(blockKey{i, k}, func() ([]byte, int64, error) {
+		r0, r1 := t.span(k)
+		buf := make([]byte, int64(r1-r0)*rowBytes)
+		return buf, int64(len(buf)), s.compute(t, r0, r1, buf)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return copy(p, b[rel-int64(k)*blockBytes:]), nil
+}
+
+// compute fills dst with rows [r0, r1) of t, splitting the rows across the jobs.
+func (s *Shard) compute(t *tensor, r0, r1 int, dst []byte) error {
+	rowBytes := t.cols * size(t.t.DType)
+	parts := min(s.jobs, r1-r0)
+	if parts <= 1 {
+		acc := s.pool.Get().(*scratch)
+		defer s.pool.Put(acc)
+		return t.block(r0, r1, dst, acc)
+	}
+	var eg errgroup.Group
+	per := (r1 - r0 + parts - 1) / parts
+	for a := r0; a < r1; a += per {
+		b := min(a+per, r1)
+		eg.Go(func() error {
+			acc := s.pool.Get().(*scratch)
+			defer s.pool.Put(acc)
+			return t.block(a, b, dst[(a-r0)*rowBytes:(b-r0)*rowBytes], acc)
+		})
+	}
+	return eg.Wait()
+}
+
+// WriteTo writes the whole merged shard to w; see Write.
+func (s *Shard) WriteTo(w io.Writer) (int64, error) { return s.Write(context.Background(), w) }
+
+// Write writes the whole merged shard to w in order, without going through the block
+// cache, and stops between blocks when ctx is done.
+func (s *Shard) Write(ctx context.Context, w io.Writer) (int64, error) {
+	var n int64
+	k, err := w.Write(s.prefix)
+	n += int64(k)
+	if err != nil {
+		return n, err
+	}
+	buf := make([]byte, 4<<20)
+	for i, t := range s.tensors {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		tlen := s.plan.Layout.Tensors[i].Len()
+		if t.t.Copy() {
+			for rel := int64(0); rel < tlen; {
+				c := min(int64(len(buf)), tlen-rel)
+				if err := readRef(t.in, t.t.Source, rel, buf[:c]); err != nil {
+					return n, err
+				}
+				k, err := w.Write(buf[:c])
+				n += int64(k)
+				if err != nil {
+					return n, err
+				}
+				rel += c
+				if err := ctx.Err(); err != nil {
+					return n, err
+				}
+			}
+			continue
+		}
+		rowBytes := t.cols * size(t.t.DType)
+		for b := 0; b < t.blocks(); b++ {
+			if err := ctx.Err(); err != nil {
+				return n, err
+			}
+			r0, r1 := t.span(b)
+			need := (r1 - r0) * rowBytes
+			out := buf
+			if need > len(buf) {
+				out = make([]byte, need)
+			}
+			out = out[:need]
+			if err := s.compute(t, r0, r1, out); err != nil {
+				return n, err
+			}
+			k, err := w.Write(out)
+			n += int64(k)
+			if err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// scratch is one goroutine's working memory, reused across blocks.
+type scratch struct {
+	v, w, e []float64
+	a64     []float64
+	a32     []float32
+	raw     []byte
+}
+
+func (s *scratch) values(n int) []float64 { s.v = grow(s.v, n); return s.v[:n] }
+func (s *scratch) base(n int) []float64   { s.w = grow(s.w, n); return s.w[:n] }
+func (s *scratch) bounds(n int) []float64 { s.e = grow(s.e, n); return s.e[:n] }
+func (s *scratch) f64(n int) []float64    { s.a64 = grow(s.a64, n); return s.a64[:n] }
+func (s *scratch) f32(n int) []float32    { s.a32 = grow(s.a32, n); return s.a32[:n] }
+func (s *scratch) bytes(n int) []byte     { s.raw = grow(s.raw, n); return s.raw[:n] }
+
+func grow[T any](x []T, n int) []T {
+	if cap(x) < n {
+		return make([]T, n)
+	}
+	return x
+}

@@ -1,0 +1,117 @@
+package merge
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// tensor computes one output tensor of a shard, row block by row block.
+type tensor struct {
+	t          *mergeplan.Tensor
+	off        int64 // where the tensor's bytes start in the output file
+	rows, cols int
+	in         map[string]io.ReaderAt
+	dec        decoder
+	out        *format
+	narrow     bool            // low-rank products in float32 (16-bit outputs without DoRA)
+	patch      map[int64]patch // output row → trained row
+	factors    *lru[factorKey, *factors]
+	colScale   func() ([]float64, error) // DoRA per-column factors, computed once
+	blockRows  int
+}
+
+type patch struct {
+	values mergeplan.Ref
+	row    int64
+}
+
+type factorKey struct {
+	tensor string
+	delta  int
+}
+
+// factors are one delta's matrices in the layout the kernels use: L is (rows, rank) and
+// R is (rank, cols), row-major, in float32 or float64. rowL1 and colMax bound the sum of
+// |L·R| terms of each element, which bounds the rounding error of any summation order.
+type factors struct {
+	rank, cols int
+	L32, R32   []float32
+	L64, R64   []float64
+	rowL1      []float64
+	colMax     []float64
+	vec        []float64 // a vector delta
+	mag        []float64 // DoRA magnitudes (on the entry for delta 0)
+}
+
+func (f *factors) l(o, k int) float64 {
+	if f.L32 != nil {
+		return float64(f.L32[o*f.rank+k])
+	}
+	return f.L64[o*f.rank+k]
+}
+
+func (f *factors) r(k, j int) float64 {
+	if f.R32 != nil {
+		return float64(f.R32[k*f.cols+j])
+	}
+	return f.R64[k*f.cols+j]
+}
+
+// NonFiniteError reports a merged value that is not a finite number where the base value
+// was: an overflow of the output dtype, or NaN or infinity in the adapter.
+type NonFiniteError struct {
+	Tensor   string
+	Row, Col int64
+	Value    float64 // the value before rounding to the output dtype
+	DType    safetensors.DType
+}
+
+func (e *NonFiniteError) Error() string {
+	return fmt.Sprintf("merge: tensor %s: element [%d, %d] becomes %g, which is not a finite %s; "+
+		"the adapter's scale or weights are out of range for this dtype (try --dtype fp32, or check the adapter)",
+		e.Tensor, e.Row, e.Col, e.Value, e.DType)
+}
+
+// readRef fills buf with a referenced tensor's bytes from offset off within the tensor.
+func readRef(in map[string]io.ReaderAt, ref mergeplan.Ref, off int64, buf []byte) error {
+	r, ok := in[ref.File]
+	if !ok {
+		return fmt.Errorf("merge: no input for %s", ref.File)
+	}
+	if off < 0 || off+int64(len(buf)) > ref.Len {
+		return fmt.Errorf("merge: read of %s outside the tensor", ref.Name)
+	}
+	if _, err := r.ReadAt(buf, ref.Offset+off); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("merge: reading %s from %s: %w", ref.Name, ref.File, err)
+	}
+	return nil
+}
+
+// decodeRef reads a whole (small) tensor as float64 values.
+func decodeRef(in map[string]io.ReaderAt, ref mergeplan.Ref) ([]float64, error) {
+	raw := make([]byte, ref.Len)
+	if err := readRef(in, ref, 0, raw); err != nil {
+		return nil, err
+	}
+	dec := decoderFor(ref.DType)
+	if dec == nil {
+		return nil, fmt.Errorf("merge: %s in %s is %s, not a float type", ref.Name, ref.File, ref.DType)
+	}
+	out := make([]float64, ref.Len/int64(size(ref.DType)))
+	dec(out, raw)
+	return out, nil
+}
+
+// blocks is the number of row blocks; span gives block k's rows.
+func (m *tensor) blocks() int { return (m.rows + m.blockRows - 1) / m.blockRows }
+
+func (m *tensor) span(k int) (int, int) {
+	r0 := k * m.blockRows
+	return r0, min(r0+m.blockRows, m.rows)
+}

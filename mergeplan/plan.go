@@ -1,0 +1,221 @@
+// Package mergeplan decides, from file headers and JSON alone, everything a merge will
+// do: which base tensor every adapter tensor changes and how, at which scale, in which
+// output shard and at which offset, and how the index and config.json change. It reads
+// no tensor bytes and does no I/O, so a plan can be made and checked before anything is
+// fetched, and its every problem reported at once.
+package mergeplan
+
+import (
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// AdapterFile is the name PEFT gives the adapter's weights.
+const AdapterFile = "adapter_model.safetensors"
+
+// File is one safetensors file the planner can use: its name and parsed header.
+type File struct {
+	Name   string
+	Header *safetensors.Header
+}
+
+// Input is what the planner reads. The caller fills it from a local directory, the HF
+// cache or remote headers; the planner does not care which.
+type Input struct {
+	Shards        []File // the base model's safetensors files, in index order
+	Index         []byte // model.safetensors.index.json, nil for a single-file model
+	Config        []byte // the base's config.json, nil if it has none
+	AdapterConfig []byte // adapter_config.json; nil means it is missing
+	Adapter       *File  // adapter_model.safetensors; nil means it is missing
+	Options       Options
+}
+
+// DTypeChoice is the --dtype option.
+type DTypeChoice string
+
+const (
+	KeepDType DTypeChoice = "keep"
+	ToBF16    DTypeChoice = "bf16"
+	ToF16     DTypeChoice = "fp16"
+	ToF32     DTypeChoice = "fp32"
+)
+
+// Tied is the --tied-embeddings option: what to do when the adapter changes one side
+// of a tied input embedding and output head.
+type Tied string
+
+const (
+	// Untie writes the head as its own tensor so the merged model computes what base +
+	// adapter computed, and sets tie_word_embeddings to false.
+	Untie Tied = "untie"
+	// Fold adds every change into the shared tensor and keeps the tie, as PEFT's
+	// merge_and_unload does.
+	Fold Tied = "fold"
+)
+
+// Options are the user's choices that change the output.
+type Options struct {
+	DType DTypeChoice
+	Tied  Tied
+}
+
+// Plan is everything the merge will do.
+type Plan struct {
+	Adapter     *AdapterConfig
+	Shards      []Shard
+	IndexName   string // "" when the model is a single file
+	Index       []byte // the new index file, nil when IndexName is ""
+	Config      []byte // the new config.json, nil when it does not change
+	ConfigEdits []ConfigEdit
+	Modules     []Module
+	Problems    []Problem // errors: the merge must not run
+	Warnings    []Problem
+}
+
+// OK reports whether the plan has no errors.
+func (p *Plan) OK() bool { return len(p.Problems) == 0 }
+
+// Shard is one output file and the base file it is computed from.
+type Shard struct {
+	Name     string
+	Base     string // the base shard every base-sourced tensor of this shard comes from
+	Metadata map[string]string
+	Tensors  []Tensor
+	Layout   *safetensors.Layout
+}
+
+// Size is the output file's size in bytes.
+func (s *Shard) Size() int64 { return s.Layout.Size }
+
+// Changed reports whether any tensor of the shard differs from the base.
+func (s *Shard) Changed() bool {
+	for i := range s.Tensors {
+		if !s.Tensors[i].Copy() || s.Tensors[i].New {
+			return true
+		}
+	}
+	return false
+}
+
+// Ref locates a tensor in an input file.
+type Ref struct {
+	File   string // a base shard name, or AdapterFile
+	Name   string
+	DType  safetensors.DType
+	Shape  []int64
+	Offset int64 // absolute offset of the first byte in File
+	Len    int64
+}
+
+// Adapter reports whether the tensor comes from the adapter file.
+func (r *Ref) Adapter() bool { return r.File == AdapterFile }
+
+// Rows and Cols view the tensor as a matrix: the first dimension by the product of the
+// others (a vector is one row; a scalar is 1×1).
+func (r *Ref) Rows() int64 { return rows(r.Shape) }
+func (r *Ref) Cols() int64 { return cols(r.Shape) }
+
+func rows(shape []int64) int64 {
+	if len(shape) < 2 {
+		return 1
+	}
+	return shape[0]
+}
+
+func cols(shape []int64) int64 {
+	if len(shape) == 0 {
+		return 1
+	}
+	if len(shape) == 1 {
+		return shape[0]
+	}
+	n := int64(1)
+	for _, d := range shape[1:] {
+		n *= d
+	}
+	return n
+}
+
+// Tensor is one output tensor: where its values come from and what is done to them, in
+// this order: Source, Patches, Deltas, DoRA, then one rounding to DType.
+type Tensor struct {
+	Name    string
+	DType   safetensors.DType
+	Shape   []int64
+	Source  Ref
+	Patches []RowPatch // rows replaced by trained values (trainable tokens)
+	Deltas  []Delta    // low-rank updates, summed
+	DoRA    *DoRA      // weight-decomposed rescale, after the deltas
+	New     bool       // not in the base checkpoint (an untied head, a new module)
+	Reason  string     // why the tensor changes, for reports
+}
+
+// Copy reports whether the output bytes are the source bytes.
+func (t *Tensor) Copy() bool {
+	return len(t.Patches) == 0 && len(t.Deltas) == 0 && t.DoRA == nil && t.DType == t.Source.DType
+}
+
+// Rows and Cols view the output as a matrix, as Ref does.
+func (t *Tensor) Rows() int64 { return rows(t.Shape) }
+func (t *Tensor) Cols() int64 { return cols(t.Shape) }
+
+// Delta adds Scale · L · R to the tensor viewed as a matrix. Which stored matrix is L and
+// which R depends on the layer: for a Linear weight (out, in), L = B and R = A; for a
+// GPT-2 Conv1D weight stored (in, out) and for an embedding (vocab, dim), L = Aᵀ and
+// R = Bᵀ (Transposed). Vector deltas (lora_B.bias) add Scale · B elementwise.
+type Delta struct {
+	Module     string // the adapter's module path, for messages
+	A, B       Ref
+	Rank       int
+	Scale      float64
+	Transposed bool
+	Vector     bool
+}
+
+// Axis says along which direction DoRA normalises.
+type Axis int
+
+const (
+	// PerRow normalises each row (Linear: one norm per output channel).
+	PerRow Axis = iota
+	// PerCol normalises each column over all rows (Conv1D, embeddings); it needs a first
+	// pass over the whole tensor.
+	PerCol
+)
+
+// DoRA rescales V = W + ΔW to Magnitude / ‖V‖ along Axis.
+type DoRA struct {
+	Magnitude Ref
+	Axis      Axis
+}
+
+// RowPatch replaces rows Indices[i] of the tensor by row i of Values.
+type RowPatch struct {
+	Indices []int64
+	Values  Ref
+}
+
+// Module is one adapter module as the plan understood it, for reports.
+type Module struct {
+	Name   string  // the adapter's module path
+	Target string  // the output tensor it changes
+	Kind   string  // linear, conv1d, embedding, dora-..., bias
+	Rank   int     // 0 for replacements
+	Alpha  float64 // 0 for replacements
+	Scale  float64
+	Note   string // how the name was resolved, when not exactly
+}
+
+// ConfigEdit is one change to config.json.
+type ConfigEdit struct {
+	Key      string
+	Old, New any
+}
+
+// Problem is something wrong with the inputs, named by the file, tensor or field it
+// concerns.
+type Problem struct {
+	Subject string // a file, "file: tensor", or "adapter_config.json: field"
+	Message string
+}
+
+func (p Problem) String() string { return p.Subject + ": " + p.Message }
