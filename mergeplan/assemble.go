@@ -33,7 +33,10 @@ func (b *builder) assemble() {
 		}
 		entries := make([]safetensors.Entry, len(s.Tensors))
 		for j, t := range s.Tensors {
-			entries[j] = safetensors.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, Len: t.Source.Len}
+			entries[j] = safetensors.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape}
+			if !t.DType.Known() {
+				entries[j].Len = t.Source.Len // carried through as opaque bytes
+			}
 		}
 		l, err := safetensors.NewLayout(s.Metadata, entries)
 		if err != nil {
