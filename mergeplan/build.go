@@ -149,7 +149,7 @@ func (b *builder) readAdapter() {
 			if errors.As(err, &ce) {
 				subject := AdapterConfigFile
 				if ce.Field != "" {
-					subject += ": " + ce.Field
+					subject = fmt.Sprintf("%s: field %q", AdapterConfigFile, ce.Field)
 				}
 				b.problem(subject, "%s", ce.Reason)
 			} else {

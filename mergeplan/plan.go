@@ -196,19 +196,20 @@ type RowPatch struct {
 
 // Module is one adapter module as the plan understood it, for reports.
 type Module struct {
-	Name   string  // the adapter's module path
-	Target string  // the output tensor it changes
-	Kind   string  // linear, conv1d, embedding, dora-..., bias
-	Rank   int     // 0 for replacements
-	Alpha  float64 // 0 for replacements
-	Scale  float64
-	Note   string // how the name was resolved, when not exactly
+	Name   string  `json:"name"`            // the adapter's module path
+	Target string  `json:"target"`          // the output tensor it changes
+	Kind   string  `json:"kind"`            // linear, conv1d, embedding, dora-..., lora-bias, replace, tokens, new
+	Rank   int     `json:"rank,omitempty"`  // 0 for replacements
+	Alpha  float64 `json:"alpha,omitempty"` // 0 for replacements
+	Scale  float64 `json:"scale,omitempty"` // alpha/r, or alpha/√r with rsLoRA
+	Note   string  `json:"note,omitempty"`  // how the name was resolved, when not exactly
 }
 
 // ConfigEdit is one change to config.json.
 type ConfigEdit struct {
-	Key      string
-	Old, New any
+	Key string `json:"key"`
+	Old any    `json:"old"`
+	New any    `json:"new"`
 }
 
 // Problem is something wrong with the inputs, named by the file, tensor or field it

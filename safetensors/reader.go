@@ -206,7 +206,7 @@ func (h *Header) decode(raw []byte) error {
 		}
 		var e entry
 		if err := dec.Decode(&e); err != nil {
-			return formatErr(name, "bad entry: %v", err)
+			return formatErr(name, "bad entry (invalid JSON, or wrong types): %v", err)
 		}
 		if e.DType == nil || e.Shape == nil || e.DataOffsets == nil {
 			return formatErr(name, "entry needs dtype, shape and data_offsets")

@@ -1,0 +1,59 @@
+// Command genmodel writes a Llama-shaped model with random weights and a LoRA adapter on
+// every projection, for benchmarks. Values are generated while the files are written, so
+// a model of any size needs little memory. The same flags always give the same bytes.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+func main() {
+	out := flag.String("out", "", "directory to write base/ and adapter/ into")
+	hidden := flag.Int("hidden", 2048, "hidden size")
+	inter := flag.Int("intermediate", 5632, "MLP size")
+	layers := flag.Int("layers", 8, "decoder layers")
+	vocab := flag.Int("vocab", 32000, "vocabulary")
+	shard := flag.Int64("shard-mb", 450, "target shard size in MB")
+	rank := flag.Int("rank", 16, "LoRA rank")
+	seed := flag.Uint64("seed", 1, "random seed")
+	flag.Parse()
+	if *out == "" {
+		fmt.Fprintln(os.Stderr, "genmodel: -out is required")
+		os.Exit(2)
+	}
+	m := fixture.Llama(fixture.LlamaSpec{Hidden: *hidden, Intermediate: *inter, Layers: *layers, Vocab: *vocab,
+		KV: *hidden / 4, DType: safetensors.BF16, Seed: *seed, Lazy: true})
+	var total int64
+	for _, t := range m.Tensors {
+		total += t.Bytes()
+	}
+	m.Split(int(max(1, (total+*shard<<20-1)/(*shard<<20))))
+	a := fixture.NewAdapter(*rank, float64(2**rank), "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+	a.Config["base_model_name_or_path"] = "bench/llama"
+	r := fixture.NewRand(*seed + 1)
+	for l := 0; l < *layers; l++ {
+		for _, p := range []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"} {
+			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+			w := m.Tensor(mod + ".weight")
+			a.Tensors = append(a.Tensors,
+				&fixture.Tensor{Name: fixture.Key(mod, "lora_A.weight"), DType: safetensors.F32, Shape: []int64{int64(*rank), w.Shape[1]}, Std: 0.02, Seed: r.Uint64()},
+				&fixture.Tensor{Name: fixture.Key(mod, "lora_B.weight"), DType: safetensors.F32, Shape: []int64{w.Shape[0], int64(*rank)}, Std: 0.02, Seed: r.Uint64()})
+		}
+	}
+	if err := m.Write(filepath.Join(*out, "base")); err != nil {
+		fmt.Fprintln(os.Stderr, "genmodel:", err)
+		os.Exit(1)
+	}
+	if err := a.Write(filepath.Join(*out, "adapter")); err != nil {
+		fmt.Fprintln(os.Stderr, "genmodel:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("wrote %s: %d tensors in %d shards, %.2f GB; LoRA rank %d on %d modules\n",
+		*out, len(m.Tensors), len(m.Shards), float64(total)/1e9, *rank, len(a.Tensors)/2)
+}
