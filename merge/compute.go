@@ -35,24 +35,24 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 			L = transpose(a, d.Rank, m.rows) // A is (r, rows)
 			R = transpose(b, m.cols, d.Rank) // B is (cols, r)
 		}
-		f.rowL1 = make([]float64, m.rows)
-		for o := range f.rowL1 {
+		// The norms are rounded up a little so that they stay upper bounds.
+		f.rowNorm = make([]float64, m.rows)
+		for o := range f.rowNorm {
 			for _, x := range L[o*d.Rank : (o+1)*d.Rank] {
-				f.rowL1[o] += math.Abs(x)
+				f.rowNorm[o] += x * x
 			}
+			f.rowNorm[o] = math.Sqrt(f.rowNorm[o]) * (1 + 0x1p-40)
 		}
-		f.colMax = make([]float64, m.cols)
+		f.colNorm = make([]float64, m.cols)
 		for k := 0; k < d.Rank; k++ {
 			for j, x := range R[k*m.cols : (k+1)*m.cols] {
-				f.colMax[j] = max(f.colMax[j], math.Abs(x))
+				f.colNorm[j] += x * x
 			}
 		}
-		if m.narrow {
-			// Exact: adapter values come from BF16, F16 or F32.
-			f.L32, f.R32 = narrow(L), narrow(R)
-		} else {
-			f.L64, f.R64 = L, R
+		for j, x := range f.colNorm {
+			f.colNorm[j] = math.Sqrt(x) * (1 + 0x1p-40)
 		}
+		f.L, f.R = L, R
 	}
 	if i == 0 && m.t.DoRA != nil {
 		mag, err := decodeRef(m.in, m.t.DoRA.Magnitude)
@@ -61,8 +61,7 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 		}
 		f.mag = mag
 	}
-	cost := int64(len(f.L32)+len(f.R32))*4 +
-		int64(len(f.L64)+len(f.R64)+len(f.vec)+len(f.mag)+len(f.rowL1)+len(f.colMax))*8
+	cost := int64(len(f.L)+len(f.R)+len(f.vec)+len(f.mag)+len(f.rowNorm)+len(f.colNorm)) * 8
 	return f, cost, nil
 }
 
@@ -81,21 +80,12 @@ func transpose(x []float64, rows, cols int) []float64 {
 	return out
 }
 
-func narrow(x []float64) []float32 {
-	out := make([]float32, len(x))
-	for i, v := range x {
-		out[i] = float32(v)
-	}
-	return out
-}
-
 // block computes rows [r0, r1) into dst, in the output dtype.
 //
 // Without DoRA every element is rounded once from W + Σ s·(L·R). The fast path computes
-// the product in float32 (16-bit outputs) or float64 (F32 outputs) and an error bound for
-// each element; where the bound reaches a rounding boundary, the element is recomputed
-// in double-double. So every element is the correctly rounded value of the exact result,
-// whatever the kernel's summation order, and every kernel gives the same bytes.
+// in float64 with an error bound for each element; where the bound reaches a rounding
+// boundary, the element is recomputed in double-double. So every element is the
+// correctly rounded value of the exact result, whatever the kernel's summation order.
 func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 	raw, err := m.source(r0, r1, acc)
 	if err != nil {
@@ -160,7 +150,7 @@ func (m *tensor) patchRows(r0, r1 int, v []float64) error {
 }
 
 // addDeltas adds every delta to v by the fast path and accumulates each element's error
-// bound in e: the product's rounding, |s|·γ·Σ|L·R| ≤ |s|·γ·‖L[o]‖₁·max|R[:, j]| plus
+// bound in e: the product's rounding, |s|·γ·Σ|L·R| ≤ |s|·γ·‖L[o]‖₂·‖R[:, j]‖₂ plus
 // underflow, and the float64 roundings of the scale and the sum.
 func (m *tensor) addDeltas(r0, r1 int, v, e []float64, acc *scratch) error {
 	cols := m.cols
@@ -179,38 +169,23 @@ func (m *tensor) addDeltas(r0, r1 int, v, e []float64, acc *scratch) error {
 			continue
 		}
 		rows := r1 - r0
-		if m.narrow {
-			a := acc.f32(len(v))
-			accumulate32(a, f.L32[r0*d.Rank:r1*d.Rank], f.R32, rows, cols, d.Rank)
-			g, tiny := gamma32(d.Rank), float64(d.Rank)*0x1p-149
-			for o := 0; o < rows; o++ {
-				lo := f.rowL1[r0+o] * g
-				for j := 0; j < cols; j++ {
-					idx := o*cols + j
-					t := s * float64(a[idx])
-					v[idx] += t
-					e[idx] += as*(lo*f.colMax[j]+tiny) + 0x1p-52*(math.Abs(t)+math.Abs(v[idx]))
-				}
-			}
-			continue
-		}
 		a := acc.f64(len(v))
-		accumulateFixed(a, f.L64[r0*d.Rank:r1*d.Rank], f.R64, rows, cols, d.Rank)
-		g := gamma64(d.Rank)
+		accumulate(a, f.L[r0*d.Rank:r1*d.Rank], f.R, rows, cols, d.Rank)
+		g := gamma(d.Rank)
 		for o := 0; o < rows; o++ {
-			lo := f.rowL1[r0+o] * g
+			lo := f.rowNorm[r0+o] * g
 			for j := 0; j < cols; j++ {
 				idx := o*cols + j
 				t := s * a[idx]
 				v[idx] += t
-				e[idx] += as*(lo*f.colMax[j]+0x1p-1070) + 0x1p-52*(math.Abs(t)+math.Abs(v[idx]))
+				e[idx] += as*(lo*f.colNorm[j]+0x1p-1070) + 0x1p-52*(math.Abs(t)+math.Abs(v[idx]))
 			}
 		}
 	}
 	return nil
 }
 
-// fixedValues adds every delta to v by the fully specified float64 path (DoRA).
+// fixedValues adds every delta to v by the fully specified float64 path, for DoRA.
 func (m *tensor) fixedValues(r0, r1 int, v []float64, acc *scratch) error {
 	for i, d := range m.t.Deltas {
 		f, err := m.delta(i)
@@ -224,7 +199,7 @@ func (m *tensor) fixedValues(r0, r1 int, v []float64, acc *scratch) error {
 			continue
 		}
 		a := acc.f64(len(v))
-		accumulateFixed(a, f.L64[r0*d.Rank:r1*d.Rank], f.R64, r1-r0, m.cols, d.Rank)
+		accumulate(a, f.L[r0*d.Rank:r1*d.Rank], f.R, r1-r0, m.cols, d.Rank)
 		for j, x := range a {
 			v[j] += d.Scale * x
 		}

@@ -46,8 +46,11 @@ func (m *tensor) exact(o, j int, w float64) (dd, error) {
 		}
 		delta = delta.add(sum.scale(d.Scale))
 	}
-	if delta.hi == 0 && delta.lo == 0 {
+	switch {
+	case delta.hi == 0 && delta.lo == 0:
 		return dd{w, 0}, nil // keep w's bits, sign of zero included
+	case math.IsInf(w, 0) || math.IsNaN(w) || math.IsInf(delta.hi, 0) || math.IsNaN(delta.hi):
+		return dd{w + delta.hi, 0}, nil // IEEE rules; the error terms would be NaN
 	}
 	return dd{w, 0}.add(delta), nil
 }

@@ -3,12 +3,12 @@
 // size that computes what is read, row block by row block. Writing it to disk, hashing
 // it and uploading a part of it are all reads.
 //
-// Numbers: every output element is W + Σ s·(L·R) rounded once to the output dtype. The
-// low-rank product is a chain of fused multiply-adds in a fixed order, in float32 for
-// BF16 and F16 outputs and in float64 for F32 outputs; the sum with W and the scale, and
-// DoRA's norms and rescale, are computed in float64; the final rounding is to nearest,
-// ties to even (through a round-to-odd float32 for the 16-bit types, which makes it one
-// rounding). Tensors nothing touches are copied byte for byte.
+// Numbers: every output element is W + Σ s·(L·R) rounded once to the output dtype, to
+// nearest, ties to even. The product is computed in float64 with a rigorous error bound
+// per element, and the few elements whose bound reaches a rounding boundary are
+// recomputed in double-double, so each is the correctly rounded exact value. DoRA's
+// V = W + ΔW, norms and rescale are computed in float64 in a fixed order, then rounded
+// once. Tensors nothing touches are copied byte for byte.
 package merge
 
 import (
@@ -96,7 +96,6 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			if m.dec == nil || m.out == nil {
 				return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
 			}
-			m.narrow = t.DType.Bits() <= 16 && t.DoRA == nil
 			m.blockRows = max(1, blockElems/max(1, m.cols))
 			m.patch = map[int64]patch{}
 			for _, p := range t.Patches {
@@ -258,7 +257,6 @@ func (s *Shard) Write(ctx context.Context, w io.Writer) (int64, error) {
 type scratch struct {
 	v, w, e []float64
 	a64     []float64
-	a32     []float32
 	raw     []byte
 }
 
@@ -266,7 +264,6 @@ func (s *scratch) values(n int) []float64 { s.v = grow(s.v, n); return s.v[:n] }
 func (s *scratch) base(n int) []float64   { s.w = grow(s.w, n); return s.w[:n] }
 func (s *scratch) bounds(n int) []float64 { s.e = grow(s.e, n); return s.e[:n] }
 func (s *scratch) f64(n int) []float64    { s.a64 = grow(s.a64, n); return s.a64[:n] }
-func (s *scratch) f32(n int) []float32    { s.a32 = grow(s.a32, n); return s.a32[:n] }
 func (s *scratch) bytes(n int) []byte     { s.raw = grow(s.raw, n); return s.raw[:n] }
 
 func grow[T any](x []T, n int) []T {

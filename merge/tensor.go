@@ -16,7 +16,6 @@ type tensor struct {
 	in         map[string]io.ReaderAt
 	dec        decoder
 	out        *format
-	narrow     bool            // low-rank products in float32 (16-bit outputs without DoRA)
 	patch      map[int64]patch // output row → trained row
 	factors    *lru[factorKey, *factors]
 	colScale   func() ([]float64, error) // DoRA per-column factors, computed once
@@ -34,31 +33,20 @@ type factorKey struct {
 }
 
 // factors are one delta's matrices in the layout the kernels use: L is (rows, rank) and
-// R is (rank, cols), row-major, in float32 or float64. rowL1 and colMax bound the sum of
-// |L·R| terms of each element, which bounds the rounding error of any summation order.
+// R is (rank, cols), row-major, in float64 (exact: adapter values are BF16, F16 or F32). By Cauchy–Schwarz, rowNorm[o] ·
+// colNorm[j] bounds Σₖ |L[o,k]·R[k,j]|, which bounds the rounding error of the product
+// in any summation order.
 type factors struct {
 	rank, cols int
-	L32, R32   []float32
-	L64, R64   []float64
-	rowL1      []float64
-	colMax     []float64
+	L, R       []float64
+	rowNorm    []float64 // ‖L[o, :]‖₂
+	colNorm    []float64 // ‖R[:, j]‖₂
 	vec        []float64 // a vector delta
 	mag        []float64 // DoRA magnitudes (on the entry for delta 0)
 }
 
-func (f *factors) l(o, k int) float64 {
-	if f.L32 != nil {
-		return float64(f.L32[o*f.rank+k])
-	}
-	return f.L64[o*f.rank+k]
-}
-
-func (f *factors) r(k, j int) float64 {
-	if f.R32 != nil {
-		return float64(f.R32[k*f.cols+j])
-	}
-	return f.R64[k*f.cols+j]
-}
+func (f *factors) l(o, k int) float64 { return f.L[o*f.rank+k] }
+func (f *factors) r(k, j int) float64 { return f.R[k*f.cols+j] }
 
 // NonFiniteError reports a merged value that is not a finite number where the base value
 // was: an overflow of the output dtype, or NaN or infinity in the adapter.
