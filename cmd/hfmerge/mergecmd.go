@@ -52,6 +52,9 @@ func mergeCmd(c *cli.Context) error {
 	start := time.Now()
 	w := &modelWriter{l: l, p: p, out: out, jobs: o.jobs, meter: m, log: log}
 	if err := w.write(c.Context); err != nil {
+		if c.Context.Err() != nil {
+			return fmt.Errorf("merge stopped (%v); no merged file was written to %s", context.Cause(c.Context), out)
+		}
 		return err
 	}
 	var total int64
