@@ -117,19 +117,22 @@ func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 	if err := m.addDeltas(r0, r1, v, e, acc); err != nil {
 		return err
 	}
+	isz := size(m.t.Source.DType)
 	for i, x := range v {
 		if !m.out.near(x, e[i]) {
-			m.out.put(dst[i*osz:], x)
+			m.out.fast(dst[i*osz:], x) // in the normal range: finite
 			continue
 		}
 		ex, err := m.exact(r0+i/m.cols, i%m.cols, w[i])
 		if err != nil {
 			return err
 		}
-		v[i] = ex.hi
 		m.out.putExact(dst[i*osz:], ex.hi, ex.lo)
+		if !finite(m.t.DType, dst[i*osz:]) && finite(m.t.Source.DType, raw[i*isz:]) {
+			return &NonFiniteError{Tensor: m.t.Name, Row: int64(r0 + i/m.cols), Col: int64(i % m.cols), Value: ex.hi, DType: m.t.DType}
+		}
 	}
-	return m.checkFinite(r0, dst, raw, v)
+	return nil
 }
 
 // patchRows replaces trained rows (trainable tokens).

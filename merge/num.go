@@ -84,30 +84,55 @@ func decoderFor(d safetensors.DType) decoder {
 
 // format is an output dtype as the rounding step sees it.
 type format struct {
-	drop      uint    // float64 mantissa bits below the format's precision
-	minNormal float64 // below this the format is subnormal: always recomputed exactly
-	maxFinite float64 // at or above this it overflows: always recomputed exactly
-	put       func(dst []byte, x float64)
+	mask, half uint64  // the float64 mantissa bits below the format's precision, and half of them
+	quarterExp uint64  // subtracted from a float64's exponent field: a quarter of the format's unit
+	minNormal  float64 // below this the format is subnormal: always recomputed exactly
+	maxFinite  float64 // at or above this it overflows: always recomputed exactly
+	// relFloor widens every error bound to |x|·relFloor, so that values put by fast are
+	// never within half a float32 unit of a rounding boundary (16-bit formats only).
+	relFloor float64
+	put      func(dst []byte, x float64) // rounds any x once, to nearest, ties to even
+	fast     func(dst []byte, x float64) // rounds an x that near has cleared
 }
 
-// formatFor describes d; put rounds a float64 once to d (to nearest, ties to even) and
-// stores it little-endian.
+// formatFor describes d.
 func formatFor(d safetensors.DType) *format {
+	var f *format
 	switch d {
 	case safetensors.BF16:
-		return &format{45, 0x1p-126, 0x1.fep127, func(dst []byte, x float64) {
-			binary.LittleEndian.PutUint16(dst, bf16Bits(roundOdd32(x)))
-		}}
+		f = &format{minNormal: 0x1p-126, maxFinite: 0x1.fep127, relFloor: 0x1p-23,
+			put: func(dst []byte, x float64) {
+				binary.LittleEndian.PutUint16(dst, bf16Bits(roundOdd32(x)))
+			},
+			// x is not within a float32 unit of a tie: rounding to float32 first, then
+			// half-up, is the correct rounding.
+			fast: func(dst []byte, x float64) {
+				binary.LittleEndian.PutUint16(dst, uint16((math.Float32bits(float32(x))+0x8000)>>16))
+			}}
+		f.setDrop(45)
 	case safetensors.F16:
-		return &format{42, 0x1p-14, 65504, func(dst []byte, x float64) {
-			binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(roundOdd32(x)).Bits())
-		}}
+		f = &format{minNormal: 0x1p-14, maxFinite: 65504, relFloor: 0x1p-23,
+			put: func(dst []byte, x float64) {
+				binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(roundOdd32(x)).Bits())
+			},
+			fast: func(dst []byte, x float64) {
+				binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(float32(x)).Bits())
+			}}
+		f.setDrop(42)
 	case safetensors.F32:
-		return &format{29, 0x1p-126, math.MaxFloat32, func(dst []byte, x float64) {
+		put := func(dst []byte, x float64) {
 			binary.LittleEndian.PutUint32(dst, math.Float32bits(float32(x)))
-		}}
+		}
+		f = &format{minNormal: 0x1p-126, maxFinite: math.MaxFloat32, put: put, fast: put}
+		f.setDrop(29)
 	}
-	return nil
+	return f
+}
+
+func (f *format) setDrop(drop uint) {
+	f.mask = 1<<drop - 1
+	f.half = 1 << (drop - 1)
+	f.quarterExp = uint64(52-drop+2) << 52
 }
 
 // near reports whether the exact value of a computed x, known only to lie within e of
@@ -116,15 +141,16 @@ func formatFor(d safetensors.DType) *format {
 // Boundaries inside x's binade sit where the dropped mantissa bits are exactly one half;
 // the nearest boundary outside it is at least a quarter of a unit away.
 func (f *format) near(x, e float64) bool {
-	a := math.Abs(x)
+	bits := math.Float64bits(x) &^ (1 << 63)
+	a := math.Float64frombits(bits)
 	if !(a >= f.minNormal && a < f.maxFinite) {
 		return true
 	}
-	bits := math.Float64bits(a)
-	mask := uint64(1)<<f.drop - 1
-	mid := math.Float64frombits(bits&^mask | 1<<(f.drop-1))
-	quarter := math.Float64frombits(bits&0x7ff0000000000000) * math.Ldexp(1, -int(52-f.drop)-2)
-	return math.Abs(a-mid) <= e || e >= quarter
+	e += a * f.relFloor
+	mid := math.Float64frombits(bits&^f.mask | f.half)
+	quarter := math.Float64frombits(bits&0x7ff0000000000000 - f.quarterExp)
+	d := a - mid
+	return (d <= e && d >= -e) || e >= quarter
 }
 
 // putExact rounds hi + lo, known exactly, once to the format.
