@@ -29,6 +29,40 @@ import (
 // the per-block work, small enough that a few blocks per core stay in a few megabytes.
 const blockElems = 1 << 18
 
+// factorBytes caps the adapter matrices kept in memory: a sequential write needs only
+// the current tensor's, parallel reads of different parts a few tensors'. The matrices
+// of one tensor are always kept while it is computed, whatever their size.
+const factorBytes = 16 << 20
+
+// defaultCacheBytes is the default Options.CacheBytes.
+const defaultCacheBytes = 16 << 20
+
+// writeBuffer is Write's buffer for copied tensors and computed blocks.
+const writeBuffer = 4 << 20
+
+// PeakMemory estimates the memory computing a shard needs beyond the Go runtime's own:
+// each job's working memory for one block, the block cache, the adapter matrices (the
+// largest tensor's in full, plus the cache of others), and DoRA's column sums. None of
+// it grows with the number or size of shards, only with the adapter's largest matrices.
+func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
+	opts = opts.withDefaults()
+	const perElem = 5*8 + 8 // float64 value, base, bound, product; raw bytes; write buffer share
+	var largest int64
+	for _, t := range s.Tensors {
+		var f int64
+		for _, d := range t.Deltas {
+			rows, cols := t.Rows(), t.Cols()
+			// L and R, their norms, and the transposed copy made while loading.
+			f += int64(d.Rank)*(rows+cols)*8*2 + (rows+cols)*8
+		}
+		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
+			f += int64(opts.Jobs+1) * t.Cols() * 8
+		}
+		largest = max(largest, f)
+	}
+	return int64(opts.Jobs)*blockElems*perElem + opts.CacheBytes + factorBytes + largest + writeBuffer
+}
+
 // Options tune how a shard is computed. They never change its bytes.
 type Options struct {
 	Jobs       int   // goroutines computing a block; default GOMAXPROCS
@@ -51,12 +85,7 @@ type blockKey struct{ tensor, block int }
 // New prepares the merged shard described by s. in maps every file the plan's refs name
 // (the base shard, mergeplan.AdapterFile) to its contents.
 func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, error) {
-	if opts.Jobs <= 0 {
-		opts.Jobs = runtime.GOMAXPROCS(0)
-	}
-	if opts.CacheBytes <= 0 {
-		opts.CacheBytes = 16 << 20
-	}
+	opts = opts.withDefaults()
 	sh := &Shard{
 		plan:   s,
 		prefix: s.Layout.Prefix,
@@ -65,7 +94,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 		pool:   &sync.Pool{New: func() any { return new(scratch) }},
 		blocks: newLRU[blockKey, []byte](opts.CacheBytes),
 	}
-	factors := newLRU[factorKey, *factors](64 << 20)
+	factors := newLRU[factorKey, *factors](factorBytes)
 	for i := range s.Tensors {
 		t := &s.Tensors[i]
 		refs := []mergeplan.Ref{t.Source}
@@ -110,6 +139,16 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 		sh.tensors = append(sh.tensors, m)
 	}
 	return sh, nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.Jobs <= 0 {
+		o.Jobs = runtime.GOMAXPROCS(0)
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = defaultCacheBytes
+	}
+	return o
 }
 
 // Size is the merged shard's size in bytes.
@@ -204,7 +243,7 @@ func (s *Shard) Write(ctx context.Context, w io.Writer) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	buf := make([]byte, 4<<20)
+	buf := make([]byte, writeBuffer)
 	for i, t := range s.tensors {
 		if err := ctx.Err(); err != nil {
 			return n, err

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hfmerge/hfmerge/merge"
 	"github.com/hfmerge/hfmerge/mergeplan"
 )
 
@@ -126,33 +127,15 @@ func newReport(l *loaded, p *mergeplan.Plan, jobs int) *report {
 	return r
 }
 
-// peakRAM estimates a merge's resident memory: the runtime, each job's working memory
-// for one block, the block and factor caches, and the largest adapter factors, which are
-// held whole while their tensor is merged. Nothing grows with the model's size.
+// peakRAM estimates a merge's resident memory: the Go runtime and the largest need of
+// any one shard, since shards are merged one after another.
 func peakRAM(p *mergeplan.Plan, jobs int) int64 {
-	const (
-		runtimeBase  = 24 << 20
-		blockElems   = 1 << 18
-		perElem      = 40 // float64 value, base, bound and product, plus the raw bytes
-		blockCache   = 16 << 20
-		factorCache  = 64 << 20
-		writeBuffers = 4 << 20
-	)
-	var largest int64
-	for _, s := range p.Shards {
-		for _, t := range s.Tensors {
-			var f int64
-			for _, d := range t.Deltas {
-				rows, cols := t.Rows(), t.Cols()
-				f += int64(d.Rank)*(rows+cols)*8*2 + (rows+cols)*8
-			}
-			if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
-				f += int64(jobs+1) * t.Cols() * 8
-			}
-			largest = max(largest, f)
-		}
+	const runtimeBase = 24 << 20
+	var most int64
+	for i := range p.Shards {
+		most = max(most, merge.PeakMemory(&p.Shards[i], merge.Options{Jobs: jobs}))
 	}
-	return runtimeBase + int64(jobs)*blockElems*perElem + blockCache + writeBuffers + min(largest, factorCache) + largest
+	return runtimeBase + most
 }
 
 func (r *report) print(w io.Writer) {
