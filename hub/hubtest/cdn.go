@@ -68,7 +68,7 @@ func (h *Hub) checkSigned(c *call) bool {
 	epoch := h.urlEpoch
 	h.mu.Unlock()
 	now := h.cfg.now()
-	if now.Unix() > exp || (!epoch.IsZero() && time.Unix(0, issued).Before(epoch)) {
+	if now.Unix() > exp || (!epoch.IsZero() && !time.Unix(0, issued).After(epoch)) {
 		writeS3Error(c.w, http.StatusForbidden, "AccessDenied", "Request has expired")
 		return false
 	}

@@ -138,7 +138,11 @@ func findCommit(rp *repo, id string) *commit {
 }
 
 func (h *Hub) applyOpLocked(files map[string]*fileEntry, o op, limit int64) error {
-	p, err := cleanRepoPath(o.path)
+	raw := o.path
+	if o.kind == "deletedFolder" {
+		raw = strings.TrimSuffix(raw, "/") // folders are sent as "dir/"
+	}
+	p, err := cleanRepoPath(raw)
 	if err != nil {
 		return fail(http.StatusBadRequest, "", "Bad request for commit endpoint: %v", err)
 	}
@@ -162,7 +166,7 @@ func (h *Hub) applyOpLocked(files map[string]*fileEntry, o op, limit int64) erro
 		}
 		delete(files, p)
 	case "deletedFolder":
-		prefix := strings.TrimSuffix(p, "/") + "/"
+		prefix := p + "/"
 		n := len(files)
 		maps.DeleteFunc(files, func(k string, _ *fileEntry) bool { return strings.HasPrefix(k, prefix) })
 		if n == len(files) {

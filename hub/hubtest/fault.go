@@ -29,10 +29,11 @@ type Fault struct {
 	RetryAfter time.Duration
 	// Delay waits before the request is handled (or the fault answered).
 	Delay time.Duration
-	// Drop cuts the connection without a complete reply. On GET and HEAD the real reply
-	// starts and the connection is closed after DropAfterBytes bytes of its body; on
-	// other methods the fake reads DropAfterBytes bytes of the request body, then closes
-	// the connection without handling the request.
+	// Drop cuts the connection without a complete reply. With DropAfterBytes = 0 it is
+	// closed at once, before any reply. Otherwise, on GET and HEAD the real reply starts
+	// and the connection is closed after DropAfterBytes bytes of its body; on other
+	// methods the fake reads DropAfterBytes bytes of the request body, then closes the
+	// connection without handling the request.
 	Drop           bool
 	DropAfterBytes int64
 	// SlowBody pauses this long before every SlowChunk bytes of the response body

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -117,8 +118,9 @@ type Hub struct {
 	hubURL string
 	cdnURL string
 
-	faults faultSet
-	stats  recorder
+	faults   faultSet
+	stats    recorder
+	inflight atomic.Int64 // requests being handled (WaitIdle)
 
 	srvMu   sync.Mutex
 	servers []*httptest.Server

@@ -37,6 +37,8 @@ func (h *Hub) serve(host string, w http.ResponseWriter, r *http.Request) {
 		c = routeHub(r)
 	}
 	i := h.stats.begin(host, r, c.route, h.cfg.now())
+	h.inflight.Add(1)
+	defer h.inflight.Add(-1)
 	body := &countingReader{r: r.Body}
 	r.Body = body
 	mw := &meteredWriter{ResponseWriter: w, rec: &h.stats, host: host, dropAt: -1, req: r}
@@ -104,6 +106,8 @@ func (h *Hub) applyFault(c *call, f Fault) {
 		c.mw.cut()
 	case f.ExpiredURL:
 		writeS3Error(c.w, http.StatusForbidden, "AccessDenied", "Request has expired")
+	case f.Drop && f.DropAfterBytes <= 0:
+		c.mw.cut()
 	case f.Drop && (c.r.Method == http.MethodGet || c.r.Method == http.MethodHead):
 		c.mw.dropAt = f.DropAfterBytes
 		h.dispatch(c)
@@ -245,9 +249,11 @@ func (m *meteredWriter) write(p []byte) (int, error) {
 				return total, m.req.Context().Err()
 			}
 		}
+		// Count first, so a client that has read the bytes finds them counted.
+		m.count(int64(len(chunk)))
 		n, err := m.ResponseWriter.Write(chunk)
 		total += n
-		m.count(int64(n))
+		m.count(int64(n - len(chunk)))
 		if err != nil {
 			return total, err
 		}

@@ -1,6 +1,8 @@
 package hubtest
 
 import (
+	"context"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -116,6 +118,22 @@ func (h *Hub) RequestsFor(route Route) []Request {
 		}
 	}
 	return out
+}
+
+// WaitIdle waits until no request is being handled. The log entry of a request
+// (End, Status, byte counts) is completed when its handler returns, which can be just
+// after the client has read the reply; call WaitIdle before asserting on it.
+func (h *Hub) WaitIdle(ctx context.Context) error {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for h.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hubtest: wait idle: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // ResetStats zeroes the counters and empties the request log (repos are kept).
