@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/hfmerge/hfmerge/hub/hubtest"
 )
@@ -153,9 +152,4 @@ func waitIdle(t *testing.T, h *fakeHub) {
 	if err := h.WaitIdle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func init() {
-	// The Hub's clients time out quickly; keep node from hanging a test run forever.
-	http.DefaultClient.Timeout = time.Minute
 }

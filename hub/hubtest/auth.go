@@ -168,14 +168,16 @@ func (h *Hub) whoami(c *call) {
 	}
 	h.mu.Lock()
 	type org struct {
+		ID        string `json:"id"`
 		Type      string `json:"type"`
 		Name      string `json:"name"`
+		Fullname  string `json:"fullname"`
 		RoleInOrg string `json:"roleInOrg"`
 	}
 	orgs := []org{}
 	for _, name := range sortedKeys(h.orgs) {
 		if h.orgs[name][p.token.User] {
-			orgs = append(orgs, org{"org", name, "write"})
+			orgs = append(orgs, org{objectID("org:" + name), "org", name, name, "write"})
 		}
 	}
 	h.mu.Unlock()

@@ -41,6 +41,8 @@
 //     deletedFolder; parentCommit mismatch → 412; an lfsFile never uploaded → 400;
 //     .gitattributes updated for new LFS paths; PRs are refs/pr/N with
 //     pullRequestUrl …/discussions/N; commits to refs/pr/N update the PR.
+//   - Revisions: HEAD (= main), branch, tag, refs/heads/X, refs/tags/X, refs/pr/N (sent
+//     percent-encoded, refs%2Fpr%2F1) or a full commit id.
 //   - GET|HEAD /{repo}/resolve/{rev}/{path}: regular files 200 with ETag = git sha1,
 //     Range support; LFS files 302 to a signed CDN URL with X-Linked-Etag (sha256),
 //     X-Linked-Size, ETag; X-Repo-Commit everywhere (also on EntryNotFound).
@@ -69,10 +71,17 @@
 // for uploads), an expired signed URL, or a request applied and its reply lost
 // (ApplyThenLose: status, or connection closed). FaultHandle.Fired says it happened.
 //
+// The official JavaScript client runs against the fake in interop/ (build tag
+// "interop"); what it taught is written down there.
+//
 // State: Stats (requests per route, bytes per host and per file, CDN Authorization
 // refusals, uploaded bytes per object, commits per repo@ref, faults fired), the
 // ordered request log with start and end times (Requests), File/Files/History/Head/
-// PullRequests/Object/Objects. WithStateDir persists repos and objects on disk.
+// PullRequests/Object/Objects/PendingUploads. WaitIdle waits for in-flight requests
+// before a test reads the log. WithStateDir persists repos and objects on disk.
+//
+// When serving Handler and CDNHandler yourself, call SetURLs: redirects, signed URLs
+// and Link headers are absolute.
 //
 // # What it does not implement
 //

@@ -424,3 +424,31 @@ func TestConcurrentUploads(t *testing.T) {
 		t.Fatalf("files = %d, want 9", len(files))
 	}
 }
+
+func TestBatchDownload(t *testing.T) {
+	h := newHub(t)
+	obj := pattern(700, 11)
+	mustSeed(t, h, "alice/m", map[string][]byte{"w.safetensors": obj}, hubtest.Private())
+	body, _ := json.Marshal(map[string]any{"operation": "download", "objects": []map[string]any{
+		{"oid": sha(obj), "size": len(obj)}, {"oid": sha([]byte("none")), "size": 4},
+	}})
+	u := h.URL() + "/alice/m.git/info/lfs/objects/batch"
+	wantErr(t, do(t, "POST", u, "", body), 401, hubtest.CodeRepoNotFound)
+	r := do(t, "POST", u, tokR, body)
+	want(t, r, 200)
+	var out struct {
+		Objects []struct {
+			Actions *struct {
+				Download struct{ Href string } `json:"download"`
+			} `json:"actions"`
+			Error *struct{ Code int } `json:"error"`
+		} `json:"objects"`
+	}
+	decode(t, r, &out)
+	if out.Objects[0].Actions == nil || out.Objects[1].Error == nil || out.Objects[1].Error.Code != 404 {
+		t.Fatalf("download batch = %s", r.body)
+	}
+	if g := do(t, "GET", out.Objects[0].Actions.Download.Href, "", nil); !bytes.Equal(g.body, obj) {
+		t.Fatal("download action served other bytes")
+	}
+}
