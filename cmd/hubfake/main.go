@@ -1,0 +1,169 @@
+// Command hubfake runs the fake Hugging Face Hub of package hub/hubtest on local
+// ports, so a pipeline can be tested offline:
+//
+//	hubfake --addr 127.0.0.1:8080 --state ~/.hubfake --seed ./repos --token hf_dev=alice:write
+//	HF_ENDPOINT=http://127.0.0.1:8080 HF_TOKEN=hf_dev hfmerge push ...
+//
+// The API listens on --addr and the CDN/storage host on --cdn-addr (default: the same
+// host name, next port; prefer another loopback address such as 127.0.0.2 so that
+// clients treat it as another host). --state keeps repos, commits and objects across
+// runs. --seed commits DIR/<owner>/<name>/** (and DIR/datasets/..., DIR/spaces/...)
+// at start, *.safetensors and other .gitattributes patterns and files over
+// --lfs-threshold as LFS; files already identical on the branch are skipped.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/hfmerge/hfmerge/hub/hubtest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// listFlag collects a repeated flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// run is main without the process: it returns the exit status (0 after a clean
+// shutdown, 1 on failure, 2 on a usage error).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("hubfake", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8080", "`host:port` of the Hub API (port 0 picks one)")
+	cdnAddr := fs.String("cdn-addr", "", "`host:port` of the CDN/storage host (default: same host, next port)")
+	state := fs.String("state", "", "`dir` to load state from and save it to after every change")
+	seed := fs.String("seed", "", "`dir` of repos to commit at start: DIR/<owner>/<name>/...")
+	user := fs.String("user", "user", "account of tokens given without one")
+	lfsThreshold := fs.Int64("lfs-threshold", 10<<20, "size in `bytes` from which files are LFS")
+	chunk := fs.Int64("chunk-size", 64<<20, "multipart chunk size in `bytes`")
+	pageSize := fs.Int("page-size", 1000, "tree page size (expand=true pages hold 50 or fewer)")
+	verbose := fs.Bool("v", false, "log every request")
+	var tokens, orgs listFlag
+	fs.Var(&tokens, "token", "`VALUE=[USER:]SCOPE` token to accept, SCOPE read or write (repeatable)")
+	fs.Var(&orgs, "org", "`ORG=USER,USER` organization members (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "hubfake: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	opts := []hubtest.Option{
+		hubtest.WithLFSThreshold(*lfsThreshold),
+		hubtest.WithMultipartChunkSize(*chunk),
+		hubtest.WithTreePageSize(*pageSize, min(*pageSize, 50)),
+	}
+	for _, t := range tokens {
+		o, err := parseToken(t, *user)
+		if err != nil {
+			fmt.Fprintf(stderr, "hubfake: --token %s: %v\n", t, err)
+			return 2
+		}
+		opts = append(opts, o)
+	}
+	for _, o := range orgs {
+		name, members, ok := strings.Cut(o, "=")
+		if !ok || name == "" {
+			fmt.Fprintf(stderr, "hubfake: --org %s: want ORG=USER,USER\n", o)
+			return 2
+		}
+		opts = append(opts, hubtest.WithOrg(name, strings.Split(members, ",")...))
+	}
+	if *state != "" {
+		opts = append(opts, hubtest.WithStateDir(*state))
+	}
+	logger := log.New(stderr, "hubfake: ", log.LstdFlags)
+	if *verbose {
+		opts = append(opts, hubtest.WithLogf(logger.Printf))
+	}
+	if err := serve(ctx, opts, *addr, *cdnAddr, *seed, stdout); err != nil {
+		logger.Print(err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, opts []hubtest.Option, addr, cdnAddr, seedDir string, stdout io.Writer) (err error) {
+	// New panics on unreadable state: turn that into an error message.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	h := hubtest.New(opts...)
+	hubLn, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if cdnAddr == "" {
+		cdnAddr = nextPort(hubLn.Addr().(*net.TCPAddr), addr)
+	}
+	cdnLn, err := net.Listen("tcp", cdnAddr)
+	if err != nil {
+		hubLn.Close()
+		return fmt.Errorf("listen on CDN address: %w", err)
+	}
+	if seedDir != "" {
+		repos, err := seedRepos(h, seedDir)
+		if err != nil {
+			hubLn.Close()
+			cdnLn.Close()
+			return err
+		}
+		for _, r := range repos {
+			fmt.Fprintf(stdout, "seeded %s\n", r)
+		}
+	}
+	fmt.Fprintf(stdout, "hub %s\ncdn %s\n", "http://"+hubLn.Addr().String(), "http://"+cdnLn.Addr().String())
+	fmt.Fprintf(stdout, "export HF_ENDPOINT=http://%s\n", hubLn.Addr())
+	err = h.Serve(ctx, hubLn, cdnLn)
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// nextPort is the default CDN address: the Hub's host, next port (or any port when
+// the Hub's was chosen by the system).
+func nextPort(bound *net.TCPAddr, asked string) string {
+	host, port, _ := net.SplitHostPort(asked)
+	if port == "0" {
+		return net.JoinHostPort(host, "0")
+	}
+	return net.JoinHostPort(host, strconv.Itoa(bound.Port+1))
+}
+
+// parseToken reads VALUE=[USER:]SCOPE.
+func parseToken(s, defaultUser string) (hubtest.Option, error) {
+	value, rest, ok := strings.Cut(s, "=")
+	if !ok || value == "" {
+		return nil, errors.New("want VALUE=[USER:]SCOPE")
+	}
+	user, scope, ok := strings.Cut(rest, ":")
+	if !ok {
+		user, scope = defaultUser, rest
+	}
+	switch hubtest.Scope(scope) {
+	case hubtest.ScopeRead, hubtest.ScopeWrite:
+	default:
+		return nil, fmt.Errorf("scope %q: want read or write", scope)
+	}
+	return hubtest.WithToken(value, user, hubtest.Scope(scope)), nil
+}
