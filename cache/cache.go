@@ -95,12 +95,6 @@ func (c *created) file(p string) {
 	c.mu.Unlock()
 }
 
-func (c *created) has(p string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.files[p]
-}
-
 // remove deletes p if this process created it.
 func (c *created) remove(p string) error {
 	c.mu.Lock()

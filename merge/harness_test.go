@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/hfmerge/hfmerge/internal/fixture"
@@ -98,23 +97,6 @@ func plan(t testing.TB, m *fixture.Model, a *fixture.Adapter, opts mergeplan.Opt
 	}
 	t.Cleanup(closeAll)
 	return mergeplan.Build(in), files
-}
-
-// hasProblem reports whether the plan names all the fragments in one problem.
-func hasProblem(p *mergeplan.Plan, fragments ...string) bool {
-	for _, pr := range p.Problems {
-		s := pr.String()
-		all := true
-		for _, f := range fragments {
-			if !strings.Contains(s, f) {
-				all = false
-			}
-		}
-		if all {
-			return true
-		}
-	}
-	return false
 }
 
 var (

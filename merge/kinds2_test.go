@@ -90,7 +90,7 @@ func doraRef(W []float64, rows, cols int, d refDelta, mag []float64, perRow bool
 	for i, x := range ex {
 		V[i] = x.hi + x.lo
 	}
-	scale := func(i int) float64 { return 0 }
+	var scale func(i int) float64
 	if perRow {
 		n := make([]float64, rows)
 		for o := 0; o < rows; o++ {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -15,24 +16,25 @@ import (
 // repoID matches a Hub repository id, owner/name.
 var repoID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
-// baseID names the base for the model card: its Hub id when it can be known (a
-// directory in the HF cache, or the adapter's base_model_name_or_path), else the
-// directory's name.
+// baseID names the base for the model card: its Hub id when it can be known (a Hub
+// source, a directory in the HF cache, or the adapter's base_model_name_or_path), else
+// the directory's name.
 func baseID(l *loaded, p *mergeplan.Plan) string {
-	abs, err := filepath.Abs(l.baseDir)
-	if err == nil {
-		for _, part := range strings.Split(filepath.ToSlash(abs), "/") {
-			if rest, ok := strings.CutPrefix(part, "models--"); ok {
-				if id := strings.Replace(rest, "--", "/", 1); repoID.MatchString(id) {
-					return id
-				}
-			}
-		}
+	if id := l.base.HubID(); id != "" {
+		return id
 	}
 	if p.Adapter != nil && repoID.MatchString(p.Adapter.BaseModel) {
 		return p.Adapter.BaseModel
 	}
-	return filepath.Base(filepath.Clean(l.baseDir))
+	return filepath.Base(filepath.Clean(l.base.String()))
+}
+
+// sourceName names a source briefly: its Hub id, else its directory's name.
+func sourceName(s source) string {
+	if id := s.HubID(); id != "" {
+		return id
+	}
+	return filepath.Base(filepath.Clean(s.String()))
 }
 
 // frontMatter reads the top-level keys of a model card's YAML front matter that carry
@@ -63,8 +65,8 @@ func frontMatter(readme []byte) map[string]string {
 }
 
 // modelCard writes the merged model's README.md.
-func modelCard(l *loaded, p *mergeplan.Plan, title string) ([]byte, error) {
-	readme, err := readOptional(filepath.Join(l.baseDir, "README.md"))
+func modelCard(ctx context.Context, l *loaded, p *mergeplan.Plan, title string) ([]byte, error) {
+	readme, err := l.base.Read(ctx, "README.md")
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +84,7 @@ func modelCard(l *loaded, p *mergeplan.Plan, title string) ([]byte, error) {
 	b.WriteString("---\n\n")
 	fmt.Fprintf(&b, "# %s\n\n", title)
 	fmt.Fprintf(&b, "This model is `%s` with the LoRA adapter `%s` merged into its weights by hfmerge %s.\n\n",
-		base, filepath.Base(filepath.Clean(l.adapterDir)), version())
+		base, sourceName(l.adapter), version())
 	if a := p.Adapter; a != nil {
 		fmt.Fprintf(&b, "- Adapter: r = %d, lora_alpha = %g", a.R, a.Alpha)
 		if a.UseRSLoRA {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -10,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/hfmerge/hfmerge/internal/fixture"
-	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
 
@@ -46,7 +46,7 @@ func TestPlanReadsHeadersOnly(t *testing.T) {
 		total += f.Size()
 		return &countingFile{f, &read}, nil
 	}
-	l, err := loadLocal(base, adapter, mergeplan.Options{}, open)
+	l, err := loadSources(context.Background(), &options{base: base, adapter: adapter}, open)
 	if err != nil {
 		t.Fatal(err)
 	}

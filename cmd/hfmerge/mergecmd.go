@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -28,7 +27,7 @@ func mergeCmd(c *cli.Context) error {
 		return usageErr("--out is required")
 	}
 	log := newLogger(o.logFormat, c.App.ErrWriter)
-	l, err := loadLocal(o.base, o.adapter, o.plan, openOS)
+	l, err := loadSources(c.Context, o, openOS)
 	if err != nil {
 		return err
 	}
@@ -78,8 +77,11 @@ func checkOut(out string, l *loaded) error {
 		return a
 	}
 	o := abs(out)
-	for _, in := range []struct{ flag, dir string }{{"--base", l.baseDir}, {"--adapter", l.adapterDir}} {
-		if o == abs(in.dir) {
+	for _, in := range []struct {
+		flag string
+		src  source
+	}{{"--base", l.base}, {"--adapter", l.adapter}} {
+		if in.src.Dir() != "" && o == abs(in.src.Dir()) {
 			return usageErr("--out %s is the %s directory; write the merged model somewhere else", out, in.flag)
 		}
 	}
@@ -153,11 +155,11 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := w.copyFile(c.src, c.name); err != nil {
+		if err := w.copyFile(ctx, c); err != nil {
 			return err
 		}
 	}
-	card, err := modelCard(w.l, w.p, filepath.Base(filepath.Clean(w.out)))
+	card, err := modelCard(ctx, w.l, w.p, filepath.Base(filepath.Clean(w.out)))
 	if err != nil {
 		return err
 	}
@@ -170,7 +172,12 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 // shard computes one merged shard into the staging directory.
 func (w *modelWriter) shard(ctx context.Context, s *mergeplan.Shard) error {
 	start := time.Now()
-	sh, err := merge.New(s, w.l.files, merge.Options{Jobs: w.jobs})
+	in, done, err := w.l.inputs(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer done()
+	sh, err := merge.New(s, in, merge.Options{Jobs: w.jobs})
 	if err != nil {
 		return err
 	}
@@ -218,18 +225,13 @@ func (w *modelWriter) stage(name string, data []byte) error {
 	return err
 }
 
-func (w *modelWriter) copyFile(src, name string) error {
-	in, err := os.Open(src)
+func (w *modelWriter) copyFile(ctx context.Context, c extraFile) error {
+	f, err := os.Create(filepath.Join(w.staging, c.name))
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	f, err := os.Create(filepath.Join(w.staging, name))
-	if err != nil {
-		return err
-	}
-	w.staged = append(w.staged, name)
-	_, err = io.Copy(f, in)
+	w.staged = append(w.staged, c.name)
+	err = c.from.Copy(ctx, c.name, f)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -258,8 +260,9 @@ func (w *modelWriter) publish(ctx context.Context) error {
 
 // extraFile is a file copied as it is into the merged model.
 type extraFile struct {
-	name, src string
-	size      int64
+	name string
+	from source
+	size int64
 }
 
 // weightExts are weight formats: copying the base's would put unmerged weights beside
@@ -274,47 +277,48 @@ func (w *modelWriter) extraFiles() ([]extraFile, error) {
 	for _, s := range w.p.Shards {
 		skip[s.Name] = true
 	}
+	ctx := context.Background()
 	var out []extraFile
 	fromAdapter := map[string]bool{}
-	ad, err := os.ReadDir(w.l.adapterDir)
+	ad, err := w.l.adapter.Files(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range ad {
-		if e.Type().IsRegular() && isTokenizerFile(e.Name()) {
-			info, err := e.Info()
-			if err != nil {
-				return nil, err
-			}
-			fromAdapter[e.Name()] = true
-			out = append(out, extraFile{e.Name(), filepath.Join(w.l.adapterDir, e.Name()), info.Size()})
+	for _, name := range sortedNames(ad) {
+		if ad[name] >= 0 && isTokenizerFile(name) {
+			fromAdapter[name] = true
+			out = append(out, extraFile{name, w.l.adapter, ad[name]})
 		}
 	}
-	entries, err := os.ReadDir(w.l.baseDir)
+	files, err := w.l.base.Files(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var skipped []string
-	for _, e := range entries {
-		name := e.Name()
+	for _, name := range sortedNames(files) {
 		switch {
 		case skip[name] || fromAdapter[name]:
 			continue
-		case !e.Type().IsRegular(), strings.HasPrefix(name, ".") && name != ".gitattributes",
+		case files[name] < 0, strings.HasPrefix(name, ".") && name != ".gitattributes",
 			slices.Contains(weightExts, filepath.Ext(name)), strings.HasSuffix(name, ".index.json"):
 			skipped = append(skipped, name)
 			continue
 		}
-		info, err := e.Info()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, extraFile{name, filepath.Join(w.l.baseDir, name), info.Size()})
+		out = append(out, extraFile{name, w.l.base, files[name]})
 	}
 	if len(skipped) > 0 {
 		w.log.Info("not copied from the base", "files", strings.Join(skipped, ", "))
 	}
 	return out, nil
+}
+
+func sortedNames(m map[string]int64) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // isTokenizerFile reports whether a file belongs to the tokenizer or processor.

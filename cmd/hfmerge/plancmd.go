@@ -17,7 +17,7 @@ func planCmd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	l, err := loadLocal(o.base, o.adapter, o.plan, openOS)
+	l, err := loadSources(c.Context, o, openOS)
 	if err != nil {
 		return err
 	}
@@ -99,7 +99,7 @@ type estimate struct {
 }
 
 func newReport(l *loaded, p *mergeplan.Plan, jobs int) *report {
-	r := &report{Base: l.baseDir, Adapter: l.adapterDir, Modules: p.Modules, Edits: p.ConfigEdits,
+	r := &report{Base: l.base.String(), Adapter: l.adapter.String(), Modules: p.Modules, Edits: p.ConfigEdits,
 		Problems: []string{}, Warnings: []string{}}
 	if a := p.Adapter; a != nil {
 		r.Config = &adapterSummary{R: a.R, Alpha: a.Alpha, RSLoRA: a.UseRSLoRA, DoRA: a.UseDoRA, BaseModel: a.BaseModel}

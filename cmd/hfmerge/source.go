@@ -1,19 +1,42 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
+
+// source is where a base model or an adapter comes from: a local directory, or a Hub
+// repository at a commit, read from the HF cache, fetched into it, or streamed.
+type source interface {
+	// String names the source in messages: a directory or repo@revision.
+	String() string
+	// Dir is the local directory, or "" for a Hub repo.
+	Dir() string
+	// HubID is the Hub repo id, or "" when it is not known.
+	HubID() string
+	// Read returns a small file whole, or nil when the file does not exist.
+	Read(ctx context.Context, path string) ([]byte, error)
+	// Header reads a safetensors file's header, and no tensor bytes.
+	Header(ctx context.Context, path string) (*safetensors.Header, error)
+	// Open gives a file's bytes for merging.
+	Open(ctx context.Context, path string) (file, error)
+	// Release says the merge is done with a file: one fetched only for this run goes.
+	Release(path string) error
+	// Files lists the top-level files and their sizes, for copying into the merged model.
+	Files(ctx context.Context) (map[string]int64, error)
+	// Copy writes a file's bytes to w.
+	Copy(ctx context.Context, path string, w io.Writer) error
+	// Close releases everything and tidies what the run created.
+	Close() error
+}
 
 // file is an open input file.
 type file interface {
@@ -22,132 +45,138 @@ type file interface {
 	Size() int64
 }
 
-// opener opens input files; tests substitute one that counts the bytes read.
-type opener func(path string) (file, error)
-
-type osFile struct {
-	*os.File
-	size int64
-}
-
-func (f *osFile) Size() int64 { return f.size }
-
-func openOS(path string) (file, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	return &osFile{f, st.Size()}, nil
-}
+// errNotFound marks a file a source does not have.
+var errNotFound = errors.New("no such file")
 
 // loaded is a base model and an adapter read up to their headers.
 type loaded struct {
 	in         *mergeplan.Input
-	files      map[string]io.ReaderAt // by the names the plan uses
-	closers    []io.Closer
+	base       source
+	adapter    source
 	problems   []mergeplan.Problem // what stopped the inputs from being read
-	baseDir    string
-	adapterDir string
-	inputBytes int64 // total size of the base's shards
+	inputBytes int64               // total size of the base's shards
+	adapterF   file                // the adapter's weights, opened once for every shard
 }
 
 func (l *loaded) Close() {
-	for _, c := range l.closers {
-		c.Close()
+	if l.adapterF != nil {
+		l.adapterF.Close()
 	}
+	l.base.Close()
+	l.adapter.Close()
 }
 
-// loadLocal reads the headers and JSON of a local base model and adapter. Tensor bytes
-// are not read. Problems with the files go into problems; an error means the
-// directories themselves cannot be used.
-func loadLocal(baseDir, adapterDir string, opts mergeplan.Options, open opener) (*loaded, error) {
-	for _, d := range []struct{ flag, dir string }{{"--base", baseDir}, {"--adapter", adapterDir}} {
-		st, err := os.Stat(d.dir)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("%s %s: no such directory (reading from the Hub is not supported in this version)", d.flag, d.dir)
-			}
-			return nil, fmt.Errorf("%s: %w", d.flag, err)
-		}
-		if !st.IsDir() {
-			return nil, fmt.Errorf("%s %s: not a directory", d.flag, d.dir)
-		}
-	}
-	l := &loaded{in: &mergeplan.Input{Options: opts}, files: map[string]io.ReaderAt{}, baseDir: baseDir, adapterDir: adapterDir}
+// load reads the JSON files and safetensors headers of a base model and an adapter.
+// Tensor bytes are not read. Problems with the files go into problems; an error means
+// the sources themselves cannot be used.
+func load(ctx context.Context, base, adapter source, opts mergeplan.Options) (*loaded, error) {
+	l := &loaded{in: &mergeplan.Input{Options: opts}, base: base, adapter: adapter}
 	problem := func(subject, format string, args ...any) {
 		l.problems = append(l.problems, mergeplan.Problem{Subject: subject, Message: fmt.Sprintf(format, args...)})
 	}
 	var err error
-	if l.in.Config, err = readOptional(filepath.Join(baseDir, "config.json")); err != nil {
+	if l.in.Config, err = base.Read(ctx, "config.json"); err != nil {
 		return nil, err
 	}
-	if l.in.Index, err = readOptional(filepath.Join(baseDir, mergeplan.IndexFile)); err != nil {
+	if l.in.Index, err = base.Read(ctx, mergeplan.IndexFile); err != nil {
 		return nil, err
 	}
-	shards, err := shardNames(baseDir, l.in.Index)
+	shards, err := shardNames(l.in.Index)
 	if err != nil {
 		problem(mergeplan.IndexFile, "%v", err)
 	}
-	if len(shards) == 0 && err == nil {
-		problem("--base "+baseDir, "has neither model.safetensors nor %s; hfmerge reads safetensors weights (convert *.bin weights first)", mergeplan.IndexFile)
+	if l.in.Index == nil {
+		shards = []string{"model.safetensors"}
 	}
 	for _, name := range shards {
-		f, err := l.header(filepath.Join(baseDir, name), name, open)
+		h, err := base.Header(ctx, name)
+		if errors.Is(err, errNotFound) && l.in.Index == nil {
+			problem("--base "+base.String(), "has neither model.safetensors nor %s; hfmerge reads safetensors weights (convert *.bin weights first)", mergeplan.IndexFile)
+			continue
+		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
 			problem(name, "%v", err)
 			continue
 		}
-		l.in.Shards = append(l.in.Shards, *f)
-		l.inputBytes += f.Header.Size
+		l.in.Shards = append(l.in.Shards, mergeplan.File{Name: name, Header: h})
+		l.inputBytes += h.Size
 	}
-	if l.in.AdapterConfig, err = readOptional(filepath.Join(adapterDir, mergeplan.AdapterConfigFile)); err != nil {
+	if l.in.AdapterConfig, err = adapter.Read(ctx, mergeplan.AdapterConfigFile); err != nil {
 		return nil, err
 	}
-	ap := filepath.Join(adapterDir, mergeplan.AdapterFile)
-	if _, err := os.Stat(ap); err == nil {
-		f, err := l.header(ap, mergeplan.AdapterFile, open)
-		if err != nil {
-			problem(mergeplan.AdapterFile, "%v", err)
-		} else {
-			l.in.Adapter = f
+	h, err := adapter.Header(ctx, mergeplan.AdapterFile)
+	switch {
+	case errors.Is(err, errNotFound):
+	case err != nil:
+		if ctx.Err() != nil {
+			return nil, err
 		}
+		problem(mergeplan.AdapterFile, "%v", err)
+	default:
+		l.in.Adapter = &mergeplan.File{Name: mergeplan.AdapterFile, Header: h}
 	}
 	return l, nil
 }
 
-// header opens a safetensors file and reads its header.
-func (l *loaded) header(path, name string, open opener) (*mergeplan.File, error) {
-	f, err := open(path)
-	if err != nil {
-		return nil, err
+// headerError describes a header that does not parse, for the plan's problems.
+func headerError(err error) error {
+	if errors.Is(err, safetensors.ErrTruncated) {
+		return fmt.Errorf("corrupt or truncated (an interrupted download?): %w", err)
 	}
-	l.closers = append(l.closers, f)
-	h, err := safetensors.ReadHeader(f, f.Size())
-	if err != nil {
-		if errors.Is(err, safetensors.ErrTruncated) {
-			return nil, fmt.Errorf("corrupt or truncated (an interrupted download?): %w", err)
-		}
-		return nil, fmt.Errorf("corrupt: %w", err)
-	}
-	l.files[name] = f
-	return &mergeplan.File{Name: name, Header: h}, nil
+	return fmt.Errorf("corrupt: %w", err)
 }
 
-// shardNames lists the base's weight files: those the index names, or model.safetensors.
-func shardNames(dir string, index []byte) ([]string, error) {
-	if index == nil {
-		if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil {
-			return []string{"model.safetensors"}, nil
+// inputs opens the files one output shard reads: its base shard and the adapter.
+// done releases the base shard.
+func (l *loaded) inputs(ctx context.Context, s *mergeplan.Shard) (map[string]io.ReaderAt, func() error, error) {
+	if l.adapterF == nil {
+		f, err := l.adapter.Open(ctx, mergeplan.AdapterFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", mergeplan.AdapterFile, err)
 		}
+		l.adapterF = f
+	}
+	in := map[string]io.ReaderAt{mergeplan.AdapterFile: l.adapterF}
+	var opened []string
+	var files []file
+	done := func() error {
+		var first error
+		for i, f := range files {
+			f.Close()
+			if err := l.base.Release(opened[i]); err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
+	for _, t := range s.Tensors {
+		refs := []mergeplan.Ref{t.Source}
+		for _, p := range t.Patches {
+			refs = append(refs, p.Values)
+		}
+		for _, r := range refs {
+			if r.File == "" || r.Adapter() || in[r.File] != nil {
+				continue
+			}
+			f, err := l.base.Open(ctx, r.File)
+			if err != nil {
+				done()
+				return nil, nil, fmt.Errorf("%s: %w", r.File, err)
+			}
+			in[r.File] = f
+			opened = append(opened, r.File)
+			files = append(files, f)
+		}
+	}
+	return in, done, nil
+}
+
+// shardNames lists the weight files an index names.
+func shardNames(index []byte) ([]string, error) {
+	if index == nil {
 		return nil, nil
 	}
 	var idx struct {
@@ -158,7 +187,7 @@ func shardNames(dir string, index []byte) ([]string, error) {
 	}
 	var names []string
 	for _, f := range idx.WeightMap {
-		if f != filepath.Base(f) || f == ".." || f == "." || strings.ContainsAny(f, `/\`) {
+		if f == "" || f == "." || f == ".." || strings.ContainsAny(f, `/\`) {
 			return nil, fmt.Errorf("names %q, which is not a file in the model directory", f)
 		}
 		if !slices.Contains(names, f) {
@@ -167,12 +196,4 @@ func shardNames(dir string, index []byte) ([]string, error) {
 	}
 	slices.Sort(names)
 	return names, nil
-}
-
-func readOptional(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	return b, err
 }
