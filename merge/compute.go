@@ -173,7 +173,7 @@ func (m *tensor) addDeltas(r0, r1 int, v, e []float64, acc *scratch) error {
 		}
 		rows := r1 - r0
 		a := acc.f64(len(v))
-		accumulate(a, f.L[r0*d.Rank:r1*d.Rank], f.R, rows, cols, d.Rank)
+		m.kern(a, f.L[r0*d.Rank:r1*d.Rank], f.R, rows, cols, d.Rank)
 		g := gamma(d.Rank)
 		for o := 0; o < rows; o++ {
 			lo := f.rowNorm[r0+o] * g
@@ -202,7 +202,7 @@ func (m *tensor) fixedValues(r0, r1 int, v []float64, acc *scratch) error {
 			continue
 		}
 		a := acc.f64(len(v))
-		accumulate(a, f.L[r0*d.Rank:r1*d.Rank], f.R, r1-r0, m.cols, d.Rank)
+		m.kern(a, f.L[r0*d.Rank:r1*d.Rank], f.R, r1-r0, m.cols, d.Rank)
 		for j, x := range a {
 			v[j] += d.Scale * x
 		}

@@ -1,6 +1,10 @@
 package merge
 
-import "math"
+import (
+	"fmt"
+	"math"
+	"os"
+)
 
 // gamma bounds the error of a float64 dot product of length r, in any summation order
 // and with or without fused multiply-adds, relative to the sum of the absolute
@@ -11,26 +15,71 @@ func gamma(r int) float64 {
 	return n * 0x1p-53 / (1 - n*0x1p-53)
 }
 
-// accumulate computes the low-rank product of a row block,
+// A kernel computes the low-rank product of a row block,
 //
 //	acc[o·cols + j] = Σₖ L[o·r + k] · R[k·cols + j]
 //
 // as a chain of fused multiply-adds in increasing k, starting from -0, in float64. The
-// order is fixed so that the result is fully specified, which DoRA needs: its norms see
-// every element of a row. Elsewhere the caller bounds the error (see gamma) and
-// recomputes exactly what the bound cannot settle, so there the output would not depend
-// on the order at all. Starting from -0 keeps a weight whose delta is exactly zero
-// bit-identical.
-func accumulate(acc, L, R []float64, rows, cols, r int) {
+// order is fixed so that the result is fully specified and every kernel gives the same
+// bits, which DoRA needs: its norms see every element of a row. (Elsewhere the caller
+// bounds the error, see gamma, and recomputes exactly what the bound cannot settle.)
+// Starting from -0 keeps a weight whose delta is exactly zero bit-identical.
+type kernel func(acc, L, R []float64, rows, cols, r int)
+
+// Kernel names, for Options.Kernel and HFMERGE_KERNEL.
+const (
+	KernelAuto = ""     // the fastest this CPU runs
+	KernelGo   = "go"   // portable Go, the reference
+	KernelAVX2 = "avx2" // amd64 with AVX2 and FMA
+)
+
+// Kernels lists the kernels this CPU can run, fastest first.
+func Kernels() []string {
+	if hasAVX2() {
+		return []string{KernelAVX2, KernelGo}
+	}
+	return []string{KernelGo}
+}
+
+// kernelFor returns the named kernel; KernelAuto takes HFMERGE_KERNEL from the
+// environment, else the fastest.
+func kernelFor(name string) (kernel, error) {
+	if name == KernelAuto {
+		name = os.Getenv("HFMERGE_KERNEL")
+	}
+	switch name {
+	case KernelAuto:
+		name = Kernels()[0]
+	case KernelAVX2:
+		if !hasAVX2() {
+			return nil, fmt.Errorf("merge: this CPU cannot run the %s kernel", name)
+		}
+	case KernelGo:
+	default:
+		return nil, fmt.Errorf("merge: no kernel %q (have %v)", name, Kernels())
+	}
+	if name == KernelAVX2 {
+		return accumulateAVX2, nil
+	}
+	return accumulateGo, nil
+}
+
+// accumulateGo is the portable kernel.
+func accumulateGo(acc, L, R []float64, rows, cols, r int) {
+	accumulateCols(acc, L, R, rows, cols, r, 0, cols)
+}
+
+// accumulateCols computes columns [j0, j1) of every row.
+func accumulateCols(acc, L, R []float64, rows, cols, r, j0, j1 int) {
 	negZero := math.Copysign(0, -1)
 	for o := 0; o < rows; o++ {
-		row := acc[o*cols : (o+1)*cols]
+		row := acc[o*cols+j0 : o*cols+j1]
 		for j := range row {
 			row[j] = negZero
 		}
 		for k := 0; k < r; k++ {
 			l := L[o*r+k]
-			rk := R[k*cols : (k+1)*cols]
+			rk := R[k*cols+j0 : k*cols+j1]
 			for j, x := range rk {
 				row[j] = math.FMA(l, x, row[j])
 			}

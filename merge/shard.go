@@ -65,8 +65,9 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 
 // Options tune how a shard is computed. They never change its bytes.
 type Options struct {
-	Jobs       int   // goroutines computing a block; default GOMAXPROCS
-	CacheBytes int64 // computed blocks kept for repeated reads; default 16 MiB
+	Jobs       int    // goroutines computing a block; default GOMAXPROCS
+	CacheBytes int64  // computed blocks kept for repeated reads; default 16 MiB
+	Kernel     string // KernelAuto, KernelGo or KernelAVX2; all give the same bytes
 }
 
 // Shard is a merged shard computed on demand. It is safe for concurrent use.
@@ -95,6 +96,10 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 		blocks: newLRU[blockKey, []byte](opts.CacheBytes),
 	}
 	factors := newLRU[factorKey, *factors](factorBytes)
+	kern, err := kernelFor(opts.Kernel)
+	if err != nil {
+		return nil, err
+	}
 	for i := range s.Tensors {
 		t := &s.Tensors[i]
 		refs := []mergeplan.Ref{t.Source}
@@ -119,6 +124,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			cols:    int(t.Cols()),
 			in:      in,
 			factors: factors,
+			kern:    kern,
 		}
 		if !t.Copy() {
 			m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)

@@ -18,6 +18,7 @@ type tensor struct {
 	out        *format
 	patch      map[int64]patch // output row → trained row
 	factors    *lru[factorKey, *factors]
+	kern       kernel
 	colScale   func() ([]float64, error) // DoRA per-column factors, computed once
 	blockRows  int
 }

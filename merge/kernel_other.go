@@ -1,0 +1,7 @@
+//go:build !amd64 || purego
+
+package merge
+
+func hasAVX2() bool { return false }
+
+func accumulateAVX2(acc, L, R []float64, rows, cols, r int) { accumulateGo(acc, L, R, rows, cols, r) }
