@@ -37,7 +37,7 @@ func BenchmarkShard(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := sh.Write(context.Background(), io.Discard); err != nil {
+				if _, err := sh.Write(context.Background(), io.Discard, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -91,6 +91,9 @@ func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 	if err != nil {
 		return err
 	}
+	if m.fused {
+		return m.fusedBlock(r0, r1, raw, dst, acc)
+	}
 	n := (r1 - r0) * m.cols
 	v := acc.values(n)
 	m.dec(v, raw)

@@ -48,7 +48,7 @@ func run(t testing.TB, m *fixture.Model, a *fixture.Adapter, opts mergeplan.Opti
 			t.Fatal(err)
 		}
 		var whole bytes.Buffer
-		n, err := sh.Write(context.Background(), &whole)
+		n, err := sh.Write(context.Background(), &whole, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", s.Name, err)
 		}

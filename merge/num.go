@@ -149,8 +149,7 @@ func (f *format) near(x, e float64) bool {
 	e += a * f.relFloor
 	mid := math.Float64frombits(bits&^f.mask | f.half)
 	quarter := math.Float64frombits(bits&0x7ff0000000000000 - f.quarterExp)
-	d := a - mid
-	return (d <= e && d >= -e) || e >= quarter
+	return math.Abs(a-mid) <= e || e >= quarter
 }
 
 // putExact rounds hi + lo, known exactly, once to the format.

@@ -12,7 +12,6 @@
 package merge
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -141,6 +140,9 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 				m.colScale = m.columnScale(sh.jobs, sh.pool)
 			}
+			if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil {
+				m.fused = true
+			}
 		}
 		sh.tensors = append(sh.tensors, m)
 	}
@@ -235,67 +237,6 @@ func (s *Shard) compute(t *tensor, r0, r1 int, dst []byte) error {
 		})
 	}
 	return eg.Wait()
-}
-
-// WriteTo writes the whole merged shard to w; see Write.
-func (s *Shard) WriteTo(w io.Writer) (int64, error) { return s.Write(context.Background(), w) }
-
-// Write writes the whole merged shard to w in order, without going through the block
-// cache, and stops between blocks when ctx is done.
-func (s *Shard) Write(ctx context.Context, w io.Writer) (int64, error) {
-	var n int64
-	k, err := w.Write(s.prefix)
-	n += int64(k)
-	if err != nil {
-		return n, err
-	}
-	buf := make([]byte, writeBuffer)
-	for i, t := range s.tensors {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		tlen := s.plan.Layout.Tensors[i].Len()
-		if t.t.Copy() {
-			for rel := int64(0); rel < tlen; {
-				c := min(int64(len(buf)), tlen-rel)
-				if err := readRef(t.in, t.t.Source, rel, buf[:c]); err != nil {
-					return n, err
-				}
-				k, err := w.Write(buf[:c])
-				n += int64(k)
-				if err != nil {
-					return n, err
-				}
-				rel += c
-				if err := ctx.Err(); err != nil {
-					return n, err
-				}
-			}
-			continue
-		}
-		rowBytes := t.cols * size(t.t.DType)
-		for b := 0; b < t.blocks(); b++ {
-			if err := ctx.Err(); err != nil {
-				return n, err
-			}
-			r0, r1 := t.span(b)
-			need := (r1 - r0) * rowBytes
-			out := buf
-			if need > len(buf) {
-				out = make([]byte, need)
-			}
-			out = out[:need]
-			if err := s.compute(t, r0, r1, out); err != nil {
-				return n, err
-			}
-			k, err := w.Write(out)
-			n += int64(k)
-			if err != nil {
-				return n, err
-			}
-		}
-	}
-	return n, nil
 }
 
 // scratch is one goroutine's working memory, reused across blocks.

@@ -186,7 +186,11 @@ func (w *modelWriter) shard(ctx context.Context, s *mergeplan.Shard) error {
 		return err
 	}
 	w.staged = append(w.staged, s.Name)
-	n, err := sh.Write(ctx, &countingWriter{f, w.meter})
+	wb := &writeback{f: f}
+	n, err := sh.Write(ctx, f, func(n int64) {
+		w.meter.add(n)
+		wb.add(n)
+	})
 	if err == nil && n != s.Size() {
 		err = fmt.Errorf("wrote %d bytes, expected %d", n, s.Size())
 	}

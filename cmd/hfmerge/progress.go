@@ -84,15 +84,3 @@ func (m *meter) finish() {
 		m.bar = nil
 	}
 }
-
-// countingWriter reports every write to the meter.
-type countingWriter struct {
-	w io.Writer
-	m *meter
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.m.add(int64(n))
-	return n, err
-}

@@ -22,6 +22,7 @@ func main() {
 	shard := flag.Int64("shard-mb", 450, "target shard size in MB")
 	rank := flag.Int("rank", 16, "LoRA rank")
 	seed := flag.Uint64("seed", 1, "random seed")
+	adapterOnly := flag.Bool("adapter-only", false, "write only the adapter (the base is the same for every rank)")
 	flag.Parse()
 	if *out == "" {
 		fmt.Fprintln(os.Stderr, "genmodel: -out is required")
@@ -45,6 +46,14 @@ func main() {
 				&fixture.Tensor{Name: fixture.Key(mod, "lora_A.weight"), DType: safetensors.F32, Shape: []int64{int64(*rank), w.Shape[1]}, Std: 0.02, Seed: r.Uint64()},
 				&fixture.Tensor{Name: fixture.Key(mod, "lora_B.weight"), DType: safetensors.F32, Shape: []int64{w.Shape[0], int64(*rank)}, Std: 0.02, Seed: r.Uint64()})
 		}
+	}
+	if *adapterOnly {
+		if err := a.Write(filepath.Join(*out, "adapter")); err != nil {
+			fmt.Fprintln(os.Stderr, "genmodel:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("wrote %s: LoRA rank %d on %d modules\n", *out, *rank, len(a.Tensors)/2)
+		return
 	}
 	if err := m.Write(filepath.Join(*out, "base")); err != nil {
 		fmt.Fprintln(os.Stderr, "genmodel:", err)
