@@ -95,6 +95,22 @@ func (c *Cache) Find(repo, commit, path string) (string, bool) {
 	return "", false
 }
 
+// Snapshot returns the snapshot folder of a commit, if the cache has one.
+func (c *Cache) Snapshot(repo, commit string) (string, bool) {
+	if checkHex("commit", commit, 40) != nil {
+		return "", false
+	}
+	dir, err := within(c.root, repo)
+	if err != nil {
+		return "", false
+	}
+	p := filepath.Join(dir, "snapshots", commit)
+	if st, err := os.Stat(p); err != nil || !st.IsDir() {
+		return "", false
+	}
+	return p, true
+}
+
 // Missing reports a .no_exist marker: the file is known not to exist at that commit.
 func (c *Cache) Missing(repo, commit, path string) bool {
 	if checkPath(path) != nil || checkHex("commit", commit, 40) != nil {

@@ -24,6 +24,9 @@ type LocalDir struct {
 // NewLocalDir opens a local dir. It touches nothing until a file is fetched.
 func NewLocalDir(root string) *LocalDir { return &LocalDir{root: root, made: newCreated()} }
 
+// Root is the directory.
+func (d *LocalDir) Root() string { return d.root }
+
 type localPaths struct{ file, meta, lock, tmp string }
 
 func (d *LocalDir) paths(f File) (localPaths, error) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hfmerge/hfmerge/hub"
 	"github.com/hfmerge/hfmerge/mergeplan"
 )
 
@@ -137,8 +138,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 func commonFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "base", Usage: "the base model: a local `DIR`"},
-		&cli.StringFlag{Name: "adapter", Usage: "the LoRA adapter: a local `DIR` holding adapter_config.json and adapter_model.safetensors"},
+		&cli.StringFlag{Name: "base", Usage: "the base model: a local `DIR`, or a Hub repo owner/name[@revision]"},
+		&cli.StringFlag{Name: "adapter", Usage: "the LoRA adapter: a local `DIR` or a Hub repo, holding adapter_config.json and adapter_model.safetensors"},
+		&cli.StringFlag{Name: "token", Usage: "Hugging Face access `TOKEN` (default: HF_TOKEN, HUGGING_FACE_HUB_TOKEN, then the token file)"},
+		&cli.BoolFlag{Name: "offline", Usage: "use only the HF cache; never contact the Hub (also HF_HUB_OFFLINE=1)"},
+		&cli.StringFlag{Name: "cache-dir", Usage: "the HF hub cache `DIR` (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)"},
+		&cli.StringFlag{Name: "local-dir", Usage: "read and keep the Hub base in `DIR` laid out as hf download --local-dir does, instead of the HF cache"},
+		&cli.BoolFlag{Name: "keep-base", Usage: "keep the base's files this run downloads (default: stream them and keep nothing)"},
 		&cli.StringFlag{Name: "dtype", Value: "keep", Usage: "output dtype of float tensors: keep, bf16, fp16 or fp32"},
 		&cli.StringFlag{Name: "tied-embeddings", Value: "untie", Usage: "when the adapter changes one side of tied embeddings: untie (the merged model computes what base + adapter did) or fold (add into the shared tensor, as PEFT does)"},
 		&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "cores to merge with"},
@@ -154,6 +160,7 @@ type options struct {
 	jobs          int
 	progress      string
 	logFormat     string
+	hub           hubOptions
 }
 
 func readOptions(c *cli.Context) (*options, error) {
@@ -164,6 +171,16 @@ func readOptions(c *cli.Context) (*options, error) {
 		jobs:      c.Int("jobs"),
 		progress:  c.String("progress"),
 		logFormat: c.String("log-format"),
+		hub: hubOptions{
+			token:    c.String("token"),
+			offline:  c.Bool("offline") || hub.OfflineFromEnv(),
+			cacheDir: c.String("cache-dir"),
+			localDir: c.String("local-dir"),
+			keepBase: c.Bool("keep-base"),
+		},
+	}
+	if o.hub.localDir != "" && o.hub.cacheDir != "" {
+		return nil, usageErr("--local-dir and --cache-dir cannot be used together")
 	}
 	if c.Args().Present() {
 		return nil, usageErr("%s takes no arguments, got %q", c.Command.Name, c.Args().First())

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,7 +47,7 @@ func TestPlanReadsHeadersOnly(t *testing.T) {
 		total += f.Size()
 		return &countingFile{f, &read}, nil
 	}
-	l, err := loadSources(context.Background(), &options{base: base, adapter: adapter}, open)
+	l, err := loadSources(context.Background(), &options{base: base, adapter: adapter}, open, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

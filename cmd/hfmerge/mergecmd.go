@@ -27,7 +27,7 @@ func mergeCmd(c *cli.Context) error {
 		return usageErr("--out is required")
 	}
 	log := newLogger(o.logFormat, c.App.ErrWriter)
-	l, err := loadSources(c.Context, o, openOS)
+	l, err := loadSources(c.Context, o, openOS, c.App.ErrWriter)
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ func planCmd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	l, err := loadSources(c.Context, o, openOS)
+	l, err := loadSources(c.Context, o, openOS, c.App.ErrWriter)
 	if err != nil {
 		return err
 	}

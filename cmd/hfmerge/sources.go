@@ -1,16 +1,89 @@
 package main
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hfmerge/hfmerge/cache"
+	"github.com/hfmerge/hfmerge/hub"
+)
+
+// hubOptions are the flags about reaching the Hub and its cache.
+type hubOptions struct {
+	token    string
+	offline  bool
+	cacheDir string
+	localDir string
+	keepBase bool
+}
+
+// isLocal says whether a --base or --adapter value names a directory: one that exists,
+// or a path that starts like one. Anything else is a Hub repo id.
+func isLocal(v string) bool {
+	if strings.HasPrefix(v, ".") || strings.HasPrefix(v, "/") || strings.HasPrefix(v, "~") || filepath.IsAbs(v) {
+		return true
+	}
+	_, err := os.Stat(v)
+	return err == nil
+}
 
 // loadSources opens the --base and --adapter sources and reads their headers.
-func loadSources(ctx context.Context, o *options, open opener) (*loaded, error) {
-	base, err := newLocal("--base", o.base, open)
+func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer) (*loaded, error) {
+	var client *hub.Client
+	newClient := func() (*hub.Client, error) {
+		if client != nil || o.hub.offline {
+			return client, nil
+		}
+		token := o.hub.token
+		if token == "" {
+			token, _ = hub.TokenFromEnv()
+		}
+		c, err := hub.New(hub.Options{Token: token, UserAgent: "hfmerge/" + version(),
+			Logger: newLogger(o.logFormat, stderr)})
+		if err != nil {
+			return nil, err
+		}
+		client = c
+		return c, nil
+	}
+	cacheDir := o.hub.cacheDir
+	if cacheDir == "" {
+		cacheDir = cache.Dir()
+	}
+	open1 := func(flag, v string, keep bool, localDir string) (source, error) {
+		if isLocal(v) {
+			return newLocal(flag, v, open)
+		}
+		repo, rev, err := hub.ParseRepo(v)
+		if err != nil {
+			return nil, usageErr("%s %q is neither a directory nor a Hub repo id (owner/name[@revision]): %v", flag, v, err)
+		}
+		c, err := newClient()
+		if err != nil {
+			return nil, err
+		}
+		return newHubSource(ctx, flag, repo, rev, hubSourceOptions{client: c, cacheDir: cacheDir, localDir: localDir, keep: keep})
+	}
+	base, err := open1("--base", o.base, o.hub.keepBase, o.hub.localDir)
 	if err != nil {
 		return nil, err
 	}
-	adapter, err := newLocal("--adapter", o.adapter, open)
+	// An adapter fetched from the Hub stays in the cache, as any Hub client leaves it:
+	// it is small, and the next run needs it again.
+	adapter, err := open1("--adapter", o.adapter, true, "")
 	if err != nil {
+		base.Close()
 		return nil, err
 	}
-	return load(ctx, base, adapter, o.plan)
+	l, err := load(ctx, base, adapter, o.plan)
+	if err != nil {
+		base.Close()
+		adapter.Close()
+		return nil, fmt.Errorf("reading %s and %s: %w", base, adapter, err)
+	}
+	return l, nil
 }

@@ -247,6 +247,20 @@ func (h *Hub) Object(oid string) ([]byte, bool) {
 	return slices.Clone(data), ok
 }
 
+// CorruptObject replaces the bytes stored under an LFS oid with data of the same size,
+// as storage corruption would, so that a test can check that a client verifies what it
+// downloads. It reports whether the object existed and the sizes matched.
+func (h *Hub) CorruptObject(oid string, data []byte) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old, ok := h.objects[oid]
+	if !ok || len(old) != len(data) {
+		return false
+	}
+	h.objects[oid] = slices.Clone(data)
+	return true
+}
+
 // Objects lists the sha256 of every stored LFS object, sorted.
 func (h *Hub) Objects() []string {
 	h.mu.Lock()
