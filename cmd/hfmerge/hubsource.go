@@ -42,10 +42,11 @@ type hubSource struct {
 
 // hubSourceOptions are the choices that shape a Hub source.
 type hubSourceOptions struct {
-	client   *hub.Client // nil: offline
-	cacheDir string
-	localDir string // fetch into this directory instead of the HF cache
-	keep     bool
+	client    *hub.Client // nil: offline
+	cacheDir  string
+	localDir  string // fetch into this directory instead of the HF cache
+	keep      bool
+	anonymous bool // no token: a private repo looks missing
 }
 
 func newHubSource(ctx context.Context, flag string, repo hub.Repo, rev string, o hubSourceOptions) (*hubSource, error) {
@@ -80,6 +81,9 @@ func newHubSource(ctx context.Context, flag string, repo hub.Repo, rev string, o
 	}
 	info, err := o.client.RepoInfo(ctx, repo, s.rev)
 	if err != nil {
+		if errors.Is(err, hub.ErrRepoNotFound) && o.anonymous {
+			return nil, fmt.Errorf("%s %s@%s: %w (if it is private or gated, give a token with --token or HF_TOKEN)", flag, repo, s.rev, err)
+		}
 		return nil, fmt.Errorf("%s %s@%s: %w", flag, repo, s.rev, err)
 	}
 	s.commit = info.SHA

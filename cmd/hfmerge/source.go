@@ -164,7 +164,7 @@ func (l *loaded) inputs(ctx context.Context, s *mergeplan.Shard) (map[string]io.
 			f, err := l.base.Open(ctx, r.File)
 			if err != nil {
 				done()
-				return nil, nil, fmt.Errorf("%s: %w", r.File, err)
+				return nil, nil, err // sources name the file
 			}
 			in[r.File] = f
 			opened = append(opened, r.File)

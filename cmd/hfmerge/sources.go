@@ -34,6 +34,7 @@ func isLocal(v string) bool {
 // loadSources opens the --base and --adapter sources and reads their headers.
 func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer) (*loaded, error) {
 	var client *hub.Client
+	anonymous := false
 	newClient := func() (*hub.Client, error) {
 		if client != nil || o.hub.offline {
 			return client, nil
@@ -42,6 +43,7 @@ func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer)
 		if token == "" {
 			token, _ = hub.TokenFromEnv()
 		}
+		anonymous = token == ""
 		c, err := hub.New(hub.Options{Token: token, UserAgent: "hfmerge/" + version(),
 			Logger: newLogger(o.logFormat, stderr)})
 		if err != nil {
@@ -66,7 +68,7 @@ func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer)
 		if err != nil {
 			return nil, err
 		}
-		return newHubSource(ctx, flag, repo, rev, hubSourceOptions{client: c, cacheDir: cacheDir, localDir: localDir, keep: keep})
+		return newHubSource(ctx, flag, repo, rev, hubSourceOptions{client: c, cacheDir: cacheDir, localDir: localDir, keep: keep, anonymous: anonymous})
 	}
 	base, err := open1("--base", o.base, o.hub.keepBase, o.hub.localDir)
 	if err != nil {
