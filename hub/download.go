@@ -12,8 +12,8 @@ import (
 
 // Get streams [off, off+n) of a file, or [off, size) when n < 0. An LFS file is read
 // from its storage Location without the token; a regular file from its resolve URL
-// with it. A server that ignores the range is an error (ErrRangeIgnored) unless the
-// whole file was asked for.
+// with it. When a server answers a ranged request with the whole file (200), the bytes
+// before off are skipped: the download starts over.
 func (c *Client) Get(ctx context.Context, f *FileInfo, off, n int64) (io.ReadCloser, error) {
 	if n < 0 {
 		n = f.Size - off
@@ -56,8 +56,11 @@ func (c *Client) Get(ctx context.Context, f *FileInfo, off, n int64) (io.ReadClo
 			return limited(resp.Body, n), nil
 		case http.StatusOK:
 			if !whole {
-				resp.Body.Close()
-				return nil, fmt.Errorf("GET %s: %w", redact(u), ErrRangeIgnored)
+				c.log.Debug("range ignored; reading from the start", "file", f.Path, "offset", off)
+				if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
+					resp.Body.Close()
+					return nil, fmt.Errorf("GET %s: skipping to %d: %w", redact(u), off, err)
+				}
 			}
 			return limited(resp.Body, n), nil
 		}
@@ -107,7 +110,8 @@ func (c *Client) Download(ctx context.Context, f *FileInfo, off int64, w io.Writ
 	var done int64
 	failures := 0
 	for off+done < f.Size {
-		body, err := c.Get(ctx, f, off+done, -1)
+		// Storage refuses single ranges over 50 GB: ask in bounded pieces.
+		body, err := c.Get(ctx, f, off+done, min(f.Size-off-done, maxRange))
 		if err == nil {
 			var k int64
 			k, err = io.Copy(destination{w}, body)
@@ -116,12 +120,9 @@ func (c *Client) Download(ctx context.Context, f *FileInfo, off int64, w io.Writ
 			if k > 0 {
 				failures = 0
 			}
-			if err == nil && off+done < f.Size {
-				err = io.ErrUnexpectedEOF
-			}
 		}
 		if err == nil {
-			break
+			continue // the next piece, or done
 		}
 		var we *writeError
 		if errors.As(err, &we) {
@@ -145,6 +146,9 @@ func (c *Client) Download(ctx context.Context, f *FileInfo, off int64, w io.Writ
 	}
 	return done, nil
 }
+
+// maxRange bounds one ranged GET.
+const maxRange = 32 << 30
 
 // writeError marks a failure of the destination, which retrying the source cannot mend.
 type writeError struct{ err error }

@@ -21,7 +21,6 @@ var (
 	ErrOffline          = errors.New("hub: offline mode: no request may be made")
 	ErrChecksum         = errors.New("hub: downloaded bytes do not match the file's sha256")
 	ErrRange            = errors.New("hub: requested range not satisfiable")
-	ErrRangeIgnored     = errors.New("hub: server ignored the requested range")
 	ErrBadPath          = errors.New("hub: unsafe path in a listing")
 )
 

@@ -345,3 +345,31 @@ func TestTokenFromEnv(t *testing.T) {
 		t.Errorf("%q from %q", tok, src)
 	}
 }
+
+// TestRangeIgnored: a server that answers a ranged GET with the whole file still gives
+// the bytes asked for: the download starts over and skips what it had.
+func TestRangeIgnored(t *testing.T) {
+	data := pattern(10_000, 3)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"abc"`)
+		w.Header().Set("X-Repo-Commit", strings.Repeat("a", 40))
+		w.Header().Set("Content-Length", "10000")
+		if r.Method == http.MethodHead {
+			return
+		}
+		w.Write(data) // Range ignored
+	}))
+	defer srv.Close()
+	c, _ := hub.New(hub.Options{Endpoint: srv.URL})
+	f, err := c.FileInfo(context.Background(), repo, "main", "x.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if n, err := c.Download(context.Background(), f, 4000, &buf); err != nil || n != 6000 || !bytes.Equal(buf.Bytes(), data[4000:]) {
+		t.Errorf("download from 4000: %d %v", n, err)
+	}
+	if b, err := c.ReadRange(context.Background(), f, 10, 20); err != nil || !bytes.Equal(b, data[10:30]) {
+		t.Errorf("range: %v", err)
+	}
+}

@@ -167,6 +167,15 @@ func TestHubKeepBase(t *testing.T) {
 	if ref, _ := os.ReadFile(filepath.Join(cacheDir, "models--alice--base", "refs", "main")); string(ref) != commit {
 		t.Errorf("refs/main = %q, want %s", ref, commit)
 	}
+	// Online, a base the cache holds whole is read in place: no shard byte is served.
+	h.ResetStats()
+	if code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(t.TempDir(), "again"), "--progress", "none"); code != 0 {
+		t.Fatal(stderr)
+	}
+	h.WaitIdle(context.Background())
+	if n := h.Stats().Requests[hubtest.RouteCDNGet]; n != 0 {
+		t.Errorf("with the base in the cache, the CDN was asked %d times", n)
+	}
 	before := len(h.Requests())
 	t.Setenv("HF_HUB_OFFLINE", "1")
 	offline := filepath.Join(t.TempDir(), "offline")
