@@ -459,3 +459,38 @@ func (c *Client) BranchHead(ctx context.Context, r Repo, branch string) (string,
 	}
 	return info.SHA, nil
 }
+
+// PullRequest is an open pull request's ref.
+type PullRequest struct {
+	Number int
+	Ref    string // refs/pr/N
+	Commit string
+}
+
+// PullRequests lists the repo's pull request refs.
+func (c *Client) PullRequests(ctx context.Context, r Repo) ([]PullRequest, error) {
+	var raw struct {
+		PullRequests []struct {
+			Name         string `json:"name"`
+			Ref          string `json:"ref"`
+			TargetCommit string `json:"targetCommit"`
+		} `json:"pullRequests"`
+	}
+	if _, err := c.getJSON(ctx, c.apiURL(r.apiPath()+"/refs", url.Values{"include_prs": {"1"}}), &raw); err != nil {
+		return nil, err
+	}
+	var out []PullRequest
+	for _, p := range raw.PullRequests {
+		n, err := strconv.Atoi(p.Name)
+		if err != nil {
+			continue
+		}
+		out = append(out, PullRequest{Number: n, Ref: p.Ref, Commit: p.TargetCommit})
+	}
+	return out, nil
+}
+
+// RepoURL is the repo's page on the Hub.
+func (c *Client) RepoURL(r Repo) string {
+	return c.endpoint.String() + "/" + r.filePrefix() + r.ID
+}
