@@ -125,6 +125,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Action:    action(planCmd),
 			},
 			{
+				Name:      "push",
+				Usage:     "merge an adapter into a base model and publish the merged model to the Hub in one commit",
+				ArgsUsage: " ",
+				Flags:     append(commonFlags(), pushFlags()...),
+				Action:    action(pushCmd),
+			},
+			{
 				Name:  "version",
 				Usage: "print the version",
 				Action: func(c *cli.Context) error {

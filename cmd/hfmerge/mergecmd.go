@@ -106,7 +106,7 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 	if err := os.MkdirAll(w.out, 0o755); err != nil {
 		return err
 	}
-	copies, err := w.extraFiles()
+	copies, err := extraFiles(ctx, w.l, w.p, w.log)
 	if err != nil {
 		return err
 	}
@@ -276,25 +276,24 @@ var weightExts = []string{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5",
 
 // extraFiles lists the base's other files to copy, with the adapter's tokenizer files
 // taking the place of the base's: a trainer that added tokens saves its tokenizer there.
-func (w *modelWriter) extraFiles() ([]extraFile, error) {
-	skip := map[string]bool{"README.md": true, mergeplan.IndexFile: true, "config.json": w.p.Config != nil}
-	for _, s := range w.p.Shards {
+func extraFiles(ctx context.Context, l *loaded, p *mergeplan.Plan, log *slog.Logger) ([]extraFile, error) {
+	skip := map[string]bool{"README.md": true, mergeplan.IndexFile: true, "config.json": p.Config != nil, ProvenanceFile: true}
+	for _, s := range p.Shards {
 		skip[s.Name] = true
 	}
-	ctx := context.Background()
 	var out []extraFile
 	fromAdapter := map[string]bool{}
-	ad, err := w.l.adapter.Files(ctx)
+	ad, err := l.adapter.Files(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, name := range sortedNames(ad) {
 		if ad[name] >= 0 && isTokenizerFile(name) {
 			fromAdapter[name] = true
-			out = append(out, extraFile{name, w.l.adapter, ad[name]})
+			out = append(out, extraFile{name, l.adapter, ad[name]})
 		}
 	}
-	files, err := w.l.base.Files(ctx)
+	files, err := l.base.Files(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -308,10 +307,10 @@ func (w *modelWriter) extraFiles() ([]extraFile, error) {
 			skipped = append(skipped, name)
 			continue
 		}
-		out = append(out, extraFile{name, w.l.base, files[name]})
+		out = append(out, extraFile{name, l.base, files[name]})
 	}
 	if len(skipped) > 0 {
-		w.log.Info("not copied from the base", "files", strings.Join(skipped, ", "))
+		log.Info("not copied from the base", "files", strings.Join(skipped, ", "))
 	}
 	return out, nil
 }

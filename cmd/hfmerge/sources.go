@@ -31,27 +31,22 @@ func isLocal(v string) bool {
 	return err == nil
 }
 
-// loadSources opens the --base and --adapter sources and reads their headers.
-func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer) (*loaded, error) {
-	var client *hub.Client
-	anonymous := false
-	newClient := func() (*hub.Client, error) {
-		if client != nil || o.hub.offline {
-			return client, nil
-		}
-		token := o.hub.token
-		if token == "" {
-			token, _ = hub.TokenFromEnv()
-		}
-		anonymous = token == ""
-		c, err := hub.New(hub.Options{Token: token, UserAgent: "hfmerge/" + version(),
-			Logger: newLogger(o.logFormat, stderr)})
-		if err != nil {
-			return nil, err
-		}
-		client = c
-		return c, nil
+// newClient makes the Hub client the options ask for; nil when offline.
+func newClient(o *options, stderr io.Writer) (c *hub.Client, anonymous bool, err error) {
+	if o.hub.offline {
+		return nil, false, nil
 	}
+	token := o.hub.token
+	if token == "" {
+		token, _ = hub.TokenFromEnv()
+	}
+	c, err = hub.New(hub.Options{Token: token, UserAgent: "hfmerge/" + version(), Logger: newLogger(o.logFormat, stderr)})
+	return c, token == "", err
+}
+
+// openSources opens --base and --adapter: local directories, or Hub repos resolved to a
+// commit and listed. No file is read yet.
+func openSources(ctx context.Context, o *options, open opener, client *hub.Client, anonymous bool) (base, adapter source, err error) {
 	cacheDir := o.hub.cacheDir
 	if cacheDir == "" {
 		cacheDir = cache.Dir()
@@ -64,23 +59,35 @@ func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer)
 		if err != nil {
 			return nil, usageErr("%s %q is neither a directory nor a Hub repo id (owner/name[@revision]): %v", flag, v, err)
 		}
-		c, err := newClient()
-		if err != nil {
-			return nil, err
-		}
-		return newHubSource(ctx, flag, repo, rev, hubSourceOptions{client: c, cacheDir: cacheDir, localDir: localDir, keep: keep, anonymous: anonymous})
+		return newHubSource(ctx, flag, repo, rev, hubSourceOptions{client: client, cacheDir: cacheDir, localDir: localDir, keep: keep, anonymous: anonymous})
 	}
-	base, err := open1("--base", o.base, o.hub.keepBase, o.hub.localDir)
-	if err != nil {
-		return nil, err
+	if base, err = open1("--base", o.base, o.hub.keepBase, o.hub.localDir); err != nil {
+		return nil, nil, err
 	}
 	// An adapter fetched from the Hub stays in the cache, as any Hub client leaves it:
 	// it is small, and the next run needs it again.
-	adapter, err := open1("--adapter", o.adapter, true, "")
-	if err != nil {
+	if adapter, err = open1("--adapter", o.adapter, true, ""); err != nil {
 		base.Close()
+		return nil, nil, err
+	}
+	return base, adapter, nil
+}
+
+// loadSources opens the --base and --adapter sources and reads their headers.
+func loadSources(ctx context.Context, o *options, open opener, stderr io.Writer) (*loaded, error) {
+	client, anonymous, err := newClient(o, stderr)
+	if err != nil {
 		return nil, err
 	}
+	base, adapter, err := openSources(ctx, o, open, client, anonymous)
+	if err != nil {
+		return nil, err
+	}
+	return loadOpened(ctx, base, adapter, o)
+}
+
+// loadOpened reads the headers of opened sources.
+func loadOpened(ctx context.Context, base, adapter source, o *options) (*loaded, error) {
 	l, err := load(ctx, base, adapter, o.plan)
 	if err != nil {
 		base.Close()
