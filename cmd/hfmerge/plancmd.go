@@ -96,6 +96,10 @@ type estimate struct {
 	PeakRAM   int64 `json:"peak_ram_bytes"`
 	OutDisk   int64 `json:"out_disk_bytes"`
 	ReadBytes int64 `json:"read_bytes"`
+	// PushDisk is the transient disk push needs by default: the largest merged shard,
+	// which is uploaded and deleted before the next one is written. With --disk-budget
+	// below it, push needs no disk but merges each shard twice.
+	PushDisk int64 `json:"push_disk_bytes"`
 }
 
 func newReport(l *loaded, p *mergeplan.Plan, jobs int) *report {
@@ -123,7 +127,11 @@ func newReport(l *loaded, p *mergeplan.Plan, jobs int) *report {
 	for _, w := range p.Warnings {
 		r.Warnings = append(r.Warnings, w.String())
 	}
-	r.Estimate = estimate{PeakRAM: peakRAM(p, jobs), OutDisk: r.TotalBytes, ReadBytes: l.inputBytes}
+	var largest int64
+	for _, s := range p.Shards {
+		largest = max(largest, s.Size())
+	}
+	r.Estimate = estimate{PeakRAM: peakRAM(p, jobs), OutDisk: r.TotalBytes, ReadBytes: l.inputBytes, PushDisk: largest}
 	return r
 }
 
@@ -167,8 +175,10 @@ func (r *report) print(w io.Writer) {
 		}
 	}
 	if len(r.Shards) > 0 {
-		fmt.Fprintf(w, "\nestimate: peak RAM about %s; %s written to --out; %s of shards read\n",
-			human(r.Estimate.PeakRAM), human(r.Estimate.OutDisk), human(r.Estimate.ReadBytes))
+		fmt.Fprintf(w, "\nestimate: peak RAM about %s; %s of shards read\n", human(r.Estimate.PeakRAM), human(r.Estimate.ReadBytes))
+		fmt.Fprintf(w, "  merge: %s written to --out\n", human(r.Estimate.OutDisk))
+		fmt.Fprintf(w, "  push: %s of transient disk (one merged shard at a time), or none with --disk-budget below it (each shard merged twice)\n",
+			human(r.Estimate.PushDisk))
 	}
 	for _, x := range r.Warnings {
 		fmt.Fprintf(w, "\nwarning: %s", x)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -17,13 +18,16 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, nil))
 }
 
-// meter shows progress: a bar on a terminal, or one log line per step.
+// meter shows progress: on a terminal an overall bar (bytes, rate, ETA) whose suffix
+// counts each stage (merged, uploaded); otherwise one log line per step.
 type meter struct {
-	mu   sync.Mutex
-	bar  *pb.ProgressBar // nil unless drawing a bar
-	log  *slog.Logger    // steps go here; nil for --progress none
-	w    io.Writer
-	mode string
+	mu     sync.Mutex
+	bar    *pb.ProgressBar // nil unless drawing a bar
+	log    *slog.Logger    // steps go here; nil for --progress none
+	w      io.Writer
+	mode   string
+	stages []string
+	done   map[string]int64
 }
 
 // newMeter chooses how to show progress: "auto" draws a bar only when w is a terminal.
@@ -50,27 +54,55 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// start begins a phase of total bytes.
-func (m *meter) start(prefix string, total int64) {
+// barTemplate is pb's Full template with the rate in bytes per second.
+const barTemplate = `{{with string . "prefix"}}{{.}} {{end}}{{counters . }} {{bar . }} {{percent . }} {{speed . "%s/s" "?/s"}} {{rtime . "ETA %s"}}{{with string . "suffix"}}{{.}}{{end}}`
+
+// start begins a run of stages, each of total bytes.
+func (m *meter) start(prefix string, total int64, stages ...string) {
 	if m.mode != "bar" {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.bar = pb.New64(total).Set(pb.Bytes, true).Set("prefix", prefix).SetWriter(m.w).SetTemplate(pb.Full)
+	if len(stages) == 0 {
+		stages = []string{prefix}
+	}
+	m.stages, m.done = stages, map[string]int64{}
+	m.bar = pb.New64(total*int64(len(stages))).Set(pb.Bytes, true).Set("prefix", prefix).SetWriter(m.w).SetTemplateString(barTemplate).SetMaxWidth(120)
 	m.bar.Start()
 }
 
-// add counts bytes done.
-func (m *meter) add(n int64) {
-	if m.bar != nil {
-		m.bar.Add64(n)
+// add counts bytes done in the first stage.
+func (m *meter) add(n int64) { m.addTo("", n) }
+
+// addTo counts bytes done in a stage; n may be negative when a failed attempt is taken
+// back.
+func (m *meter) addTo(stage string, n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.bar == nil {
+		return
+	}
+	if stage == "" {
+		stage = m.stages[0]
+	}
+	m.done[stage] += n
+	m.bar.Add64(n)
+	if len(m.stages) > 1 {
+		suffix := ""
+		for _, s := range m.stages {
+			suffix += fmt.Sprintf(" %s %s", s, human(m.done[s]))
+		}
+		m.bar.Set("suffix", suffix)
 	}
 }
 
 // step reports a finished step: a log line, unless a bar is drawn.
 func (m *meter) step(msg string, attrs ...any) {
-	if m.log != nil && m.bar == nil {
+	m.mu.Lock()
+	bar := m.bar
+	m.mu.Unlock()
+	if m.log != nil && bar == nil {
 		m.log.Info(msg, attrs...)
 	}
 }

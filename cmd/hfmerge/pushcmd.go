@@ -202,7 +202,7 @@ func (ps *pusher) run(ctx context.Context, message string) (*hub.CommitResult, e
 		return nil, fmt.Errorf("creating %s: %w", ps.t.repo, err)
 	}
 	ps.j = openJournal(filepath.Join(ps.work, "journal-"+id+".json"), ps.prov.Inputs, ps.t.repo.String()+"@"+ps.t.branch)
-	ps.meter.start("upload", total)
+	ps.meter.start("push", total, "merged", "uploaded")
 	err := ps.shards(ctx)
 	ps.meter.finish()
 	if err != nil {
@@ -293,7 +293,7 @@ func (ps *pusher) mergeToFile(ctx context.Context, s *mergeplan.Shard) (string, 
 		return "", "", err
 	}
 	h := sha256.New()
-	_, err = sh.Write(ctx, io.MultiWriter(f, h), nil)
+	_, err = sh.Write(ctx, io.MultiWriter(f, h), func(n int64) { ps.meter.addTo("merged", n) })
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -311,12 +311,13 @@ func (ps *pusher) send(ctx context.Context, job *shardJob, sem *semaphore.Weight
 	s := job.s
 	if job.done {
 		ps.skipped++
-		ps.meter.add(s.Size())
+		ps.meter.addTo("merged", s.Size())
+		ps.meter.addTo("uploaded", s.Size())
 		ps.meter.step("shard already on the Hub", "shard", s.Name)
 		return nil
 	}
 	start := time.Now()
-	opts := upload.Options{Progress: func(d int64) { ps.meter.add(d) }}
+	opts := upload.Options{Progress: func(d int64) { ps.meter.addTo("uploaded", d) }}
 	var sent bool
 	var err error
 	if job.twoPass {
@@ -338,7 +339,7 @@ func (ps *pusher) send(ctx context.Context, job *shardJob, sem *semaphore.Weight
 		ps.sent += s.Size()
 	} else {
 		ps.skipped++
-		ps.meter.add(s.Size())
+		ps.meter.addTo("uploaded", s.Size())
 	}
 	if err := ps.j.set(s.Name, journalShard{SHA256: job.oid, Size: s.Size(), Uploaded: true}); err != nil {
 		return err
@@ -363,7 +364,7 @@ func (ps *pusher) twoPass(ctx context.Context, job *shardJob, opts upload.Option
 	}
 	if job.oid = ps.j.get(s.Name).SHA256; job.oid == "" || ps.j.get(s.Name).Size != s.Size() {
 		h := sha256.New()
-		if _, err := sh.Write(ctx, h, nil); err != nil {
+		if _, err := sh.Write(ctx, h, func(n int64) { ps.meter.addTo("merged", n) }); err != nil {
 			return false, err
 		}
 		job.oid = hex.EncodeToString(h.Sum(nil))
