@@ -5,35 +5,19 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/hfmerge/hfmerge/hub"
 )
 
 // ErrPath marks a repo path, commit or etag that could make a write land outside the
 // directory meant for it.
 var ErrPath = errors.New("cache: unsafe path")
 
-// checkPath refuses repo paths that are not plain relative paths: empty, absolute (POSIX,
-// drive or UNC forms), with "..", "." or empty segments, backslashes or NUL, or under
-// .git/ or .cache/ — the checks huggingface_hub makes, under both POSIX and Windows rules.
+// checkPath refuses repo paths that are not plain relative paths, with the checks
+// huggingface_hub makes (hub.ValidPath).
 func checkPath(p string) error {
-	bad := func(why string) error { return fmt.Errorf("%w: %q %s", ErrPath, p, why) }
-	switch {
-	case p == "":
-		return bad("is empty")
-	case strings.ContainsAny(p, "\\\x00"):
-		return bad("contains a backslash or NUL")
-	case strings.HasPrefix(p, "/"):
-		return bad("is absolute")
-	case len(p) >= 2 && p[1] == ':':
-		return bad("has a drive letter")
-	}
-	segs := strings.Split(p, "/")
-	for _, s := range segs {
-		if s == "" || s == "." || s == ".." {
-			return bad("has an empty, . or .. segment")
-		}
-	}
-	if segs[0] == ".git" || segs[0] == ".cache" {
-		return bad("is under " + segs[0] + "/")
+	if err := hub.ValidPath(p); err != nil {
+		return fmt.Errorf("%w: %v", ErrPath, err)
 	}
 	return nil
 }

@@ -16,7 +16,7 @@ import (
 // two commits. marker is a small file of the commit whose content identifies it: when
 // the branch (or a pull request) holds it after a lost reply, the commit landed.
 func Commit(ctx context.Context, c *hub.Client, repo hub.Repo, branch string, req hub.CommitRequest, pr bool, marker hub.CommitFile) (*hub.CommitResult, error) {
-	want := gitBlobID(marker.Content)
+	want := GitBlobID(marker.Content)
 	for attempt := 0; attempt < 2; attempt++ {
 		res, err := c.Commit(ctx, repo, branch, req, pr)
 		if err == nil {
@@ -78,8 +78,8 @@ func findLanded(ctx context.Context, c *hub.Client, repo hub.Repo, branch, paren
 	return nil, nil
 }
 
-// gitBlobID is the git blob sha1 of content, which the Hub lists as a regular file's oid.
-func gitBlobID(content []byte) string {
+// GitBlobID is the git blob sha1 of content, which the Hub lists as a regular file's oid.
+func GitBlobID(content []byte) string {
 	h := sha1.New()
 	fmt.Fprintf(h, "blob %d\x00", len(content))
 	h.Write(content)

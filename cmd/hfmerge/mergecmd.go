@@ -32,17 +32,9 @@ func mergeCmd(c *cli.Context) error {
 		return err
 	}
 	defer l.Close()
-	p := makePlan(l)
-	if !p.OK() {
-		r := newReport(l, p, o.jobs)
-		fmt.Fprintf(c.App.ErrWriter, "hfmerge: cannot merge: %d problem(s):\n", len(r.Problems))
-		for _, x := range r.Problems {
-			fmt.Fprintf(c.App.ErrWriter, "  - %s\n", x)
-		}
-		return &exitError{exitProblems, errReported}
-	}
-	for _, w := range p.Warnings {
-		log.Warn(w.Message, "subject", w.Subject)
+	p, err := checkedPlan(c, l, o, log)
+	if err != nil {
+		return err
 	}
 	if err := checkOut(out, l); err != nil {
 		return err
@@ -62,6 +54,24 @@ func mergeCmd(c *cli.Context) error {
 	}
 	log.Info("merged", "out", out, "shards", len(p.Shards), "bytes", total, "seconds", time.Since(start).Round(time.Millisecond).Seconds())
 	return nil
+}
+
+// checkedPlan plans the merge; with problems it prints them and returns an error that
+// exits with status 3; warnings are logged.
+func checkedPlan(c *cli.Context, l *loaded, o *options, log *slog.Logger) (*mergeplan.Plan, error) {
+	p := makePlan(l)
+	if !p.OK() {
+		r := newReport(l, p, o.jobs)
+		fmt.Fprintf(c.App.ErrWriter, "hfmerge: cannot merge: %d problem(s):\n", len(r.Problems))
+		for _, x := range r.Problems {
+			fmt.Fprintf(c.App.ErrWriter, "  - %s\n", x)
+		}
+		return nil, &exitError{exitProblems, errReported}
+	}
+	for _, w := range p.Warnings {
+		log.Warn(w.Message, "subject", w.Subject)
+	}
+	return p, nil
 }
 
 // checkOut refuses an output directory that is one of the inputs.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -123,17 +122,9 @@ func pushCmd(c *cli.Context) error {
 		return err
 	}
 	defer l.Close()
-	p := makePlan(l)
-	if !p.OK() {
-		r := newReport(l, p, o.jobs)
-		fmt.Fprintf(c.App.ErrWriter, "hfmerge: cannot merge: %d problem(s):\n", len(r.Problems))
-		for _, x := range r.Problems {
-			fmt.Fprintf(c.App.ErrWriter, "  - %s\n", x)
-		}
-		return &exitError{exitProblems, errReported}
-	}
-	for _, w := range p.Warnings {
-		log.Warn(w.Message, "subject", w.Subject)
+	p, err := checkedPlan(c, l, o, log)
+	if err != nil {
+		return err
 	}
 	work := c.String("work-dir")
 	if work == "" {
@@ -449,7 +440,7 @@ func (ps *pusher) commit(ctx context.Context, message string) (*hub.CommitResult
 			}
 			req.LFSFiles = append(req.LFSFiles, hub.CommitLFS{Path: name, OID: id.SHA256, Size: id.Size})
 		} else {
-			id.Git = gitBlobID(b)
+			id.Git = upload.GitBlobID(b)
 			req.Files = append(req.Files, hub.CommitFile{Path: name, Content: b})
 		}
 		ps.prov.Files[name] = id
@@ -463,13 +454,6 @@ func (ps *pusher) commit(ctx context.Context, message string) (*hub.CommitResult
 		return nil, err
 	}
 	return res, nil
-}
-
-func gitBlobID(b []byte) string {
-	h := sha1.New()
-	fmt.Fprintf(h, "blob %d\x00", len(b))
-	h.Write(b)
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // parseSize reads a size such as 5GB, 500MiB, 1.5G or a plain number of bytes.
