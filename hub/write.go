@@ -210,7 +210,7 @@ func (c *Client) LFSBatch(ctx context.Context, r Repo, rev string, objs []LFSObj
 	}
 	var list []obj
 	for _, o := range objs {
-		list = append(list, obj{o.OID, o.Size})
+		list = append(list, obj(o))
 	}
 	in["objects"] = list
 	type action struct {
