@@ -51,8 +51,12 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 		}
 		for j, x := range f.colNorm {
 			f.colNorm[j] = math.Sqrt(x) * (1 + 0x1p-40)
+			f.maxColNorm = max(f.maxColNorm, f.colNorm[j])
 		}
 		f.L, f.R = L, R
+		if m.fused && m.kern.fused != nil {
+			f.strips = pack(R, d.Rank, m.cols)
+		}
 	}
 	if i == 0 && m.t.DoRA != nil {
 		mag, err := decodeRef(m.in, m.t.DoRA.Magnitude)
@@ -61,12 +65,28 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 		}
 		f.mag = mag
 	}
-	cost := int64(len(f.L)+len(f.R)+len(f.vec)+len(f.mag)+len(f.rowNorm)+len(f.colNorm)) * 8
+	cost := int64(len(f.L)+len(f.R)+len(f.strips)+len(f.vec)+len(f.mag)+len(f.rowNorm)+len(f.colNorm)) * 8
 	return f, cost, nil
 }
 
 func (m *tensor) delta(i int) (*factors, error) {
 	return m.factors.get(factorKey{m.t.Name, i}, func() (*factors, int64, error) { return m.load(i) })
+}
+
+// pack lays out the (r, cols) matrix R strip by strip for the fused kernels: the r rows
+// of columns [8i, 8i+8) one after the other, so that a strip is one contiguous run of
+// memory rather than r pieces a whole row apart, which fall into the same few
+// first-level cache sets and evict each other. Columns past the last whole strip are
+// left out.
+func pack(R []float64, r, cols int) []float64 {
+	width := cols &^ 7
+	out := make([]float64, 0, r*width)
+	for j0 := 0; j0 < width; j0 += 8 {
+		for k := 0; k < r; k++ {
+			out = append(out, R[k*cols+j0:k*cols+j0+8]...)
+		}
+	}
+	return out
 }
 
 // transpose turns a (rows, cols) row-major matrix into (cols, rows).
@@ -176,7 +196,7 @@ func (m *tensor) addDeltas(r0, r1 int, v, e []float64, acc *scratch) error {
 		}
 		rows := r1 - r0
 		a := acc.f64(len(v))
-		m.kern(a, f.L[r0*d.Rank:r1*d.Rank], f.R, rows, cols, d.Rank)
+		m.kern.product(a, f.L[r0*d.Rank:r1*d.Rank], f.R, rows, cols, d.Rank)
 		g := gamma(d.Rank)
 		for o := 0; o < rows; o++ {
 			lo := f.rowNorm[r0+o] * g
@@ -205,7 +225,7 @@ func (m *tensor) fixedValues(r0, r1 int, v []float64, acc *scratch) error {
 			continue
 		}
 		a := acc.f64(len(v))
-		m.kern(a, f.L[r0*d.Rank:r1*d.Rank], f.R, r1-r0, m.cols, d.Rank)
+		m.kern.product(a, f.L[r0*d.Rank:r1*d.Rank], f.R, r1-r0, m.cols, d.Rank)
 		for j, x := range a {
 			v[j] += d.Scale * x
 		}

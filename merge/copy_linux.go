@@ -13,32 +13,29 @@ import (
 // fdFile is an input the kernel can copy from.
 type fdFile interface{ Fd() uintptr }
 
-func canCopyRange(t *tensor) bool {
-	_, ok := t.in[t.t.Source.File].(fdFile)
-	return ok
-}
-
-// copyRange copies n bytes of t's source, from off within the tensor, to dst's current
-// position with copy_file_range, falling back to read and write where the kernel
-// refuses (another filesystem type, an old kernel).
-func copyRange(dst *os.File, t *tensor, off, n int64) (int64, error) {
-	src := t.in[t.t.Source.File].(fdFile)
-	pos := t.t.Source.Offset + off
-	var done int64
-	for done < n {
-		k, err := unix.CopyFileRange(int(src.Fd()), &pos, int(dst.Fd()), nil, int(min(n-done, 1<<30)), 0)
+// copyAt copies n bytes of t's source, from off within the tensor, to dst at at with
+// copy_file_range, which lets the kernel share or copy the blocks without passing them
+// through this process; where it refuses (another filesystem type, an old kernel, an
+// input that is not a file), through memory.
+func copyAt(dst *os.File, at int64, t *tensor, off, n int64) error {
+	src, ok := t.in[t.t.Source.File].(fdFile)
+	if !ok {
+		return copyBuffered(dst, at, t, off, n)
+	}
+	pos, out := t.t.Source.Offset+off, at
+	for done := int64(0); done < n; {
+		k, err := unix.CopyFileRange(int(src.Fd()), &pos, int(dst.Fd()), &out, int(min(n-done, 1<<30)), 0)
 		if err != nil {
 			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) ||
 				errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EBADF) {
-				m, err := copyBuffered(dst, t, off+done, n-done)
-				return done + m, err
+				return copyBuffered(dst, at+done, t, off+done, n-done)
 			}
-			return done, err
+			return err
 		}
 		if k == 0 {
-			return done, io.ErrUnexpectedEOF
+			return io.ErrUnexpectedEOF
 		}
 		done += int64(k)
 	}
-	return done, nil
+	return nil
 }

@@ -4,8 +4,6 @@ package merge
 
 import "os"
 
-func canCopyRange(*tensor) bool { return false }
-
-func copyRange(dst *os.File, t *tensor, off, n int64) (int64, error) {
-	return copyBuffered(dst, t, off, n)
+func copyAt(dst *os.File, at int64, t *tensor, off, n int64) error {
+	return copyBuffered(dst, at, t, off, n)
 }

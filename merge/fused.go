@@ -3,39 +3,188 @@ package merge
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 
 	"github.com/x448/float16"
 
 	"github.com/hfmerge/hfmerge/safetensors"
 )
 
-// fused computes rows [r0, r1) of the common tensor — one low-rank delta, no trained
-// rows, no DoRA — row by row in three tight loops: decode W, add s·(L·R) while checking
-// each element's error bound against the rounding boundaries, and round. The bound is
-// the product's, |s|·γ·‖L[o]‖₂·‖R[:, j]‖₂, plus the two float64 roundings (of s·acc and
-// of the sum) and underflow; the elements it cannot settle are recomputed exactly.
+// fusedBlock computes rows [r0, r1) of the common tensor: one low-rank delta, no trained
+// rows, no DoRA. Each element is W + s·(L·R), computed in float64 with a bound on its
+// error, and rounded at once unless the bound reaches a rounding boundary; the elements
+// it cannot settle are recomputed exactly (settle).
+//
+// A kernel with fused forms does the columns it covers (all but the last cols mod 8)
+// in one pass that keeps the product out of memory; the Go loop does the rest.
 func (m *tensor) fusedBlock(r0, r1 int, raw, dst []byte, acc *scratch) error {
-	d := &m.t.Deltas[0]
 	f, err := m.delta(0)
 	if err != nil {
 		return err
 	}
-	rows, cols := r1-r0, m.cols
-	a := acc.f64(rows * cols)
-	m.kern(a, f.L[r0*d.Rank:r1*d.Rank], f.R, rows, cols, d.Rank)
+	width := 0
+	run := m.fusedKernel()
+	if run != nil {
+		width = m.cols &^ 7
+	}
+	if width > 0 {
+		if err := m.fusedAsm(run, f, r0, r1, width, raw, dst, acc); err != nil {
+			return err
+		}
+	}
+	if width < m.cols {
+		return m.fusedGo(f, r0, r1, width, raw, dst, acc)
+	}
+	return nil
+}
+
+// fusedKernel is the kernel's fused form for this tensor's types, or nil.
+func (m *tensor) fusedKernel() func(*fusedArgs) {
+	if m.kern.fused == nil {
+		return nil
+	}
+	in, out := m.t.Source.DType, m.t.DType
+	if !m.kern.f16 && (in == safetensors.F16 || out == safetensors.F16) {
+		return nil
+	}
+	return m.kern.fused[kind(in)][kind(out)]
+}
+
+// fusedArgs is a row block as the fused kernels read it (fused_amd64.s, which takes the
+// offsets of its fields from this declaration). The vectors hold one constant four
+// times, so that the kernels can use them as memory operands.
+//
+// For each element of columns [0, width) a kernel computes p = Σₖ L[o,k]·R[k,j] as the
+// Go kernel does, t = s·p and v = w + t. The error of v is at most
+// c·rowNorm[o] + tiny + |v|·2⁻⁵³: c bounds the product's error and the rounding of s·p
+// (see fusedAsm). The kernel widens it to e = c1·|v| + c·rowNorm[o] + tiny, where
+// c1 = relFloor + 2⁻⁵⁰ also covers its own roundings, and writes v rounded to the output
+// (format.fast) unless a rounding boundary lies within e of |v|, or |v| is outside the
+// output's normal range. Then it sets the element's bit in flags (a byte for each row and
+// strip of 8 columns) and any.
+type fusedArgs struct {
+	out, in    *byte
+	L          *float64 // packed by packRows
+	R          *float64 // packed by pack
+	rowNorm    *float64
+	flags      *uint8
+	rows, rank int
+	width      int
+	strips     int // width / 8
+	inRow      int // bytes
+	outRow     int
+	inSize     int
+	outSize    int
+	any        int
+
+	s, c, tiny, c1 [4]float64
+	half, halfm1   [4]uint64 // the output's rounding boundaries: half a unit of drop bits
+	minNormal      [4]uint64 // the bits of the output's smallest normal, less one
+	maxFinite      [4]uint64 // the bits of its largest finite value, plus half
+	round          [4]uint64 // half of the float32 bits BF16 drops, in each 32-bit lane
+
+	c3  [4]float64  // the kernel's: c·rowNorm[o] + tiny for the current row
+	tmp [48]float64 // the kernel's: products of a group of rows
+}
+
+func kind(d safetensors.DType) int {
+	switch d {
+	case safetensors.F16:
+		return 1
+	case safetensors.F32:
+		return 2
+	}
+	return 0
+}
+
+func splat[T any](x T) [4]T { return [4]T{x, x, x, x} }
+
+// fusedAsm runs a fused kernel on columns [0, width) and settles what it flags.
+func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, raw, dst []byte, acc *scratch) error {
+	d := &m.t.Deltas[0]
+	rows, strips := r1-r0, width/8
+	flags := acc.flagBytes(rows * strips)
+	L := packRows(acc.packed(rows*d.Rank), f.L[r0*d.Rank:r1*d.Rank], rows, d.Rank)
+	fm := m.out
+	if acc.args == nil {
+		acc.args = new(fusedArgs)
+	}
+	as := math.Abs(d.Scale)
+	a := acc.args
+	*a = fusedArgs{
+		out: &dst[0], in: &raw[0], L: &L[0], R: &f.strips[0],
+		rowNorm: &f.rowNorm[r0], flags: &flags[0],
+		rows: rows, rank: d.Rank, width: width, strips: strips,
+		inRow: m.cols * size(m.t.Source.DType), outRow: m.cols * size(m.t.DType),
+		inSize: size(m.t.Source.DType), outSize: size(m.t.DType),
+		// |p - P| ≤ γ·rowNorm·colNorm (see gamma), and |s·p| ≤ |s|·(1+γ)·rowNorm·colNorm,
+		// whose rounding is half a unit in the 53rd bit: both within
+		// |s|·maxColNorm·(γ + 2⁻⁵²)·rowNorm.
+		s: splat(d.Scale), c: splat(as * f.maxColNorm * (gamma(d.Rank) + 0x1p-52)),
+		tiny: splat(as * float64(d.Rank+1) * 0x1p-1000), c1: splat(fm.relFloor + 0x1p-50),
+		half: splat(fm.half), halfm1: splat(fm.half - 1),
+		minNormal: splat(math.Float64bits(fm.minNormal) - 1),
+		maxFinite: splat(math.Float64bits(fm.maxFinite) + fm.half),
+		round:     splat(uint64(0x0000800000008000)),
+	}
+	run(a)
+	if a.any == 0 {
+		return nil
+	}
+	for i, word := range flags {
+		for ; word != 0; word &= word - 1 {
+			o, j := i/strips, i%strips*8+bits.TrailingZeros8(word)
+			if err := m.settle(r0, o, j, raw, dst); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// packRows lays L's rows out for the fused kernels: in groups of 6, the 6 values of each
+// k together, then the last rows (rows mod 6) as they are.
+func packRows(dst, L []float64, rows, r int) []float64 {
+	g := rows / 6 * 6
+	for o := 0; o < g; o += 6 {
+		out := dst[o*r : (o+6)*r]
+		for k := 0; k < r; k++ {
+			for i := 0; i < 6; i++ {
+				out[k*6+i] = L[(o+i)*r+k]
+			}
+		}
+	}
+	copy(dst[g*r:rows*r], L[g*r:rows*r])
+	return dst[:rows*r]
+}
+
+// fusedGo computes columns [j0, cols) in Go: the portable kernel, and the last columns,
+// which a fused kernel does not cover. Its bound is the product's for each element,
+// |s|·γ·‖L[o]‖₂·‖R[:, j]‖₂, plus the two float64 roundings (of s·acc and of the sum) and
+// underflow.
+func (m *tensor) fusedGo(f *factors, r0, r1, j0 int, raw, dst []byte, acc *scratch) error {
+	d := &m.t.Deltas[0]
+	rows, cols, n := r1-r0, m.cols, m.cols-j0
+	a := acc.f64(rows * n)
+	L := f.L[r0*d.Rank : r1*d.Rank]
+	if j0 == 0 {
+		m.kern.product(a, L, f.R, rows, cols, d.Rank)
+	} else {
+		accumulateCols(a, n, L, f.R, rows, cols, d.Rank, j0, cols)
+	}
 	s := d.Scale
 	g := math.Abs(s) * gamma(d.Rank)
 	tiny := math.Abs(s) * float64(d.Rank) * 0x1p-1070
 	fm := m.out
 	isz, osz := size(m.t.Source.DType), size(m.t.DType)
-	w := acc.base(cols)
-	x := acc.values(cols)
+	w := acc.base(n)
+	x := acc.values(n)
+	colNorm := f.colNorm[j0:cols]
 	var flagged []int
 	for o := 0; o < rows; o++ {
-		decodeRow(m.t.Source.DType, w, raw[o*cols*isz:(o+1)*cols*isz])
+		decodeRow(m.t.Source.DType, w, raw[(o*cols+j0)*isz:(o+1)*cols*isz])
 		eo := g * f.rowNorm[r0+o]
-		p := a[o*cols : (o+1)*cols]
-		colNorm := f.colNorm[:cols]
+		p := a[o*n : (o+1)*n]
 		flagged = flagged[:0]
 		for j := range x {
 			t := s * p[j]
@@ -43,31 +192,42 @@ func (m *tensor) fusedBlock(r0, r1 int, raw, dst []byte, acc *scratch) error {
 			x[j] = v
 			e := eo*colNorm[j] + tiny + (math.Abs(t)+math.Abs(v))*0x1p-52
 			// format.near, written out so that it compiles into this loop.
-			bits := math.Float64bits(v) &^ (1 << 63)
-			av := math.Float64frombits(bits)
+			b := math.Float64bits(v) &^ (1 << 63)
+			av := math.Float64frombits(b)
 			if av >= fm.minNormal && av < fm.maxFinite {
 				e += av * fm.relFloor
 				// Branch-free distance: the sign of dm is random, and a branch on it
 				// would be mispredicted half the time.
-				dm := math.Abs(av - math.Float64frombits(bits&^fm.mask|fm.half))
-				if dm > e && e < math.Float64frombits(bits&0x7ff0000000000000-fm.quarterExp) {
+				dm := math.Abs(av - math.Float64frombits(b&^fm.mask|fm.half))
+				if dm > e && e < math.Float64frombits(b&0x7ff0000000000000-fm.quarterExp) {
 					continue
 				}
 			}
-			flagged = append(flagged, j)
+			flagged = append(flagged, j0+j)
 		}
-		out := dst[o*cols*osz : (o+1)*cols*osz]
-		encodeRow(m.t.DType, out, x)
+		encodeRow(m.t.DType, dst[(o*cols+j0)*osz:(o+1)*cols*osz], x)
 		for _, j := range flagged {
-			ex, err := m.exact(r0+o, j, w[j])
-			if err != nil {
+			if err := m.settle(r0, o, j, raw, dst); err != nil {
 				return err
 			}
-			fm.putExact(out[j*osz:], ex.hi, ex.lo)
-			if !finite(m.t.DType, out[j*osz:]) && finite(m.t.Source.DType, raw[(o*cols+j)*isz:]) {
-				return &NonFiniteError{Tensor: m.t.Name, Row: int64(r0 + o), Col: int64(j), Value: ex.hi, DType: m.t.DType}
-			}
 		}
+	}
+	return nil
+}
+
+// settle recomputes element (o, j) of the block at row r0 exactly and writes it.
+func (m *tensor) settle(r0, o, j int, raw, dst []byte) error {
+	isz, osz := size(m.t.Source.DType), size(m.t.DType)
+	i := o*m.cols + j
+	var w [1]float64
+	decodeRow(m.t.Source.DType, w[:], raw[i*isz:])
+	ex, err := m.exact(r0+o, j, w[0])
+	if err != nil {
+		return err
+	}
+	m.out.putExact(dst[i*osz:], ex.hi, ex.lo)
+	if !finite(m.t.DType, dst[i*osz:]) && finite(m.t.Source.DType, raw[i*isz:]) {
+		return &NonFiniteError{Tensor: m.t.Name, Row: int64(r0 + o), Col: int64(j), Value: ex.hi, DType: m.t.DType}
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -54,6 +55,29 @@ func run(t testing.TB, m *fixture.Model, a *fixture.Adapter, opts mergeplan.Opti
 		}
 		if n != sh.Size() || int64(whole.Len()) != s.Size() {
 			t.Fatalf("%s: wrote %d bytes, size %d, layout %d", s.Name, n, sh.Size(), s.Size())
+		}
+		// Into a file, where the workers write at their offsets: after 7 bytes that
+		// must stay, and with the file's offset left at the end.
+		f, err := os.Create(filepath.Join(t.TempDir(), "shard"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("before:"); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := sh.Write(context.Background(), f, nil); err != nil || n != sh.Size() {
+			t.Fatalf("%s: writing to a file: %d bytes, %v", s.Name, n, err)
+		}
+		if _, err := f.WriteString(":after"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		inFile, err := os.ReadFile(f.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "before:" + whole.String() + ":after"; string(inFile) != want {
+			t.Fatalf("%s: the shard written to a file differs from the one written in order", s.Name)
 		}
 		pieces := make([]byte, sh.Size())
 		for off := int64(0); off < sh.Size(); {

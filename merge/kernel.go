@@ -24,7 +24,16 @@ func gamma(r int) float64 {
 // bits, which DoRA needs: its norms see every element of a row. (Elsewhere the caller
 // bounds the error, see gamma, and recomputes exactly what the bound cannot settle.)
 // Starting from -0 keeps a weight whose delta is exactly zero bit-identical.
-type kernel func(acc, L, R []float64, rows, cols, r int)
+//
+// fused, where a kernel has it, computes a whole row block of the common case (one
+// low-rank delta, nothing else) in one pass: product, sum, error bound and rounding,
+// without the product ever leaving the registers; see fusedArgs.
+type kernel struct {
+	name    string
+	product func(acc, L, R []float64, rows, cols, r int)
+	fused   *[3][3]func(*fusedArgs) // by input and output kind
+	f16     bool                    // the fused forms for F16 can run
+}
 
 // Kernel names, for Options.Kernel and HFMERGE_KERNEL.
 const (
@@ -52,28 +61,29 @@ func kernelFor(name string) (kernel, error) {
 		name = Kernels()[0]
 	case KernelAVX2:
 		if !hasAVX2() {
-			return nil, fmt.Errorf("merge: this CPU cannot run the %s kernel", name)
+			return kernel{}, fmt.Errorf("merge: this CPU cannot run the %s kernel", name)
 		}
 	case KernelGo:
 	default:
-		return nil, fmt.Errorf("merge: no kernel %q (have %v)", name, Kernels())
+		return kernel{}, fmt.Errorf("merge: no kernel %q (have %v)", name, Kernels())
 	}
 	if name == KernelAVX2 {
-		return accumulateAVX2, nil
+		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, f16: hasF16C()}, nil
 	}
-	return accumulateGo, nil
+	return kernel{name: name, product: accumulateGo}, nil
 }
 
 // accumulateGo is the portable kernel.
 func accumulateGo(acc, L, R []float64, rows, cols, r int) {
-	accumulateCols(acc, L, R, rows, cols, r, 0, cols)
+	accumulateCols(acc, cols, L, R, rows, cols, r, 0, cols)
 }
 
-// accumulateCols computes columns [j0, j1) of every row.
-func accumulateCols(acc, L, R []float64, rows, cols, r, j0, j1 int) {
+// accumulateCols computes columns [j0, j1) of every row into acc, whose rows are stride
+// apart and start at column j0.
+func accumulateCols(acc []float64, stride int, L, R []float64, rows, cols, r, j0, j1 int) {
 	negZero := math.Copysign(0, -1)
 	for o := 0; o < rows; o++ {
-		row := acc[o*cols+j0 : o*cols+j1]
+		row := acc[o*stride : o*stride+j1-j0]
 		for j := range row {
 			row[j] = negZero
 		}

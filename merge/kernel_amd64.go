@@ -6,6 +6,8 @@ import "golang.org/x/sys/cpu"
 
 func hasAVX2() bool { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
 
+func hasF16C() bool { return cpu.X86.HasF16C }
+
 // accumulateAVX2 runs the assembly kernel on the columns it covers (multiples of 16)
 // and the Go kernel on the rest.
 func accumulateAVX2(acc, L, R []float64, rows, cols, r int) {
@@ -19,7 +21,7 @@ func accumulateAVX2(acc, L, R []float64, rows, cols, r int) {
 		w = 0
 	}
 	if w < cols {
-		accumulateCols(acc, L, R, rows, cols, r, w, cols)
+		accumulateCols(acc[w:], cols, L, R, rows, cols, r, w, cols)
 	}
 }
 

@@ -5,3 +5,7 @@ package merge
 func hasAVX2() bool { return false }
 
 func accumulateAVX2(acc, L, R []float64, rows, cols, r int) { accumulateGo(acc, L, R, rows, cols, r) }
+
+func hasF16C() bool { return false }
+
+var fusedAVX2 [3][3]func(*fusedArgs) // none

@@ -77,7 +77,7 @@ func TestKernels(t *testing.T) {
 			for i := range got {
 				got[i] = 12345 // the kernel must overwrite, not add
 			}
-			k(got, L, R, rows, cols, rank)
+			k.product(got, L, R, rows, cols, rank)
 			for i := range got {
 				if math.Float64bits(got[i]) != math.Float64bits(want[i]) && !(math.IsNaN(got[i]) && math.IsNaN(want[i])) {
 					t.Fatalf("%s: rows %d cols %d rank %d: element %d = %v (%x), Go kernel %v (%x)",
@@ -107,7 +107,7 @@ func TestKernels(t *testing.T) {
 
 func TestKernelSelection(t *testing.T) {
 	t.Setenv("HFMERGE_KERNEL", "go")
-	if k, err := kernelFor(KernelAuto); err != nil || k == nil {
+	if k, err := kernelFor(KernelAuto); err != nil || k.name != KernelGo {
 		t.Fatalf("HFMERGE_KERNEL=go: %v", err)
 	}
 	if _, err := kernelFor("sse9"); err == nil {

@@ -41,8 +41,10 @@ type factorKey struct {
 type factors struct {
 	rank, cols int
 	L, R       []float64
+	strips     []float64 // R packed for the fused kernels (pack)
 	rowNorm    []float64 // ‖L[o, :]‖₂
 	colNorm    []float64 // ‖R[:, j]‖₂
+	maxColNorm float64
 	vec        []float64 // a vector delta
 	mag        []float64 // DoRA magnitudes (on the entry for delta 0)
 }

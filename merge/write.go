@@ -6,12 +6,17 @@ import (
 	"os"
 )
 
+// copyChunk is the run of a copied tensor one piece holds, so that the writer turns
+// to computed blocks in between.
+const copyChunk = 8 << 20
+
 // piece is a run of the output file: a computed row block, or a run of a copied tensor.
 type piece struct {
 	t      *tensor
 	copy   bool
 	r0, r1 int   // rows, for a computed block
-	off, n int64 // offset within the tensor and length, for a copied run
+	off    int64 // offset within the tensor, for a copied run
+	at, n  int64 // offset within the shard, and length
 	buf    []byte
 	err    error
 	done   chan struct{}
@@ -21,29 +26,39 @@ type piece struct {
 func (s *Shard) WriteTo(w io.Writer) (int64, error) { return s.Write(context.Background(), w, nil) }
 
 // Write writes the whole merged shard to w, in order, and stops between pieces when ctx
-// is done. Blocks are computed by Jobs goroutines a few pieces ahead of the writer, each
-// block by one goroutine, so that every core is busy while the writer writes. When w is
-// a file and a copied tensor's source is one too, the kernel copies it
-// (copy_file_range) without passing through this process. progress, if not nil, is told
-// every byte written.
+// is done. Blocks are computed by Jobs goroutines a few pieces ahead of the writer,
+// each block by one goroutine, so that every core is busy while the writer writes.
+// When w is a file, the writer copies the tensors that do not change in the kernel
+// (copy_file_range), where the input is a file too, without passing them through this
+// process. (One goroutine writes: several writing one file wait for each other in the
+// kernel, at a cost in CPU time that the cores computing would rather have.) progress,
+// if not nil, is told every byte written.
 func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (int64, error) {
 	if progress == nil {
 		progress = func(int64) {}
 	}
-	var n int64
-	k, err := w.Write(s.prefix)
-	n += int64(k)
-	progress(int64(k))
-	if err != nil {
-		return n, err
+	f, _ := w.(*os.File)
+	base := int64(-1)
+	if f != nil {
+		if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+			base = pos
+		}
 	}
-	dst, _ := w.(*os.File)
+	if base < 0 {
+		f = nil // a pipe or a terminal
+	}
+	n, err := w.Write(s.prefix)
+	progress(int64(n))
+	if err != nil {
+		return int64(n), err
+	}
+	written := int64(n)
 	ahead := 2 * s.jobs
 	queue := make(chan *piece, ahead) // in file order, for the writer
 	work := make(chan *piece, ahead)  // for the workers
 	stop := make(chan struct{})
 	free := make(chan []byte, ahead+2)
-	go s.schedule(queue, work, stop, dst != nil)
+	go s.schedule(queue, work, stop, f != nil)
 	for range s.jobs {
 		go s.worker(work, free)
 	}
@@ -57,39 +72,50 @@ func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (i
 	}()
 	for p := range queue {
 		if err := ctx.Err(); err != nil {
-			return n, err
+			return written, err
 		}
 		<-p.done
 		if p.err != nil {
-			return n, p.err
+			return written, p.err
 		}
-		if p.copy && p.buf == nil {
-			k, err := copyRange(dst, p.t, p.off, p.n)
-			n += k
-			progress(k)
-			if err != nil {
-				return n, err
+		if p.buf == nil { // a copied run the kernel copies
+			if err := copyAt(f, base+p.at, p.t, p.off, p.n); err != nil {
+				return written, err
 			}
+			written += p.n
+			progress(p.n)
 			continue
 		}
-		k, err := w.Write(p.buf)
-		n += int64(k)
-		progress(int64(k))
+		var n int
+		var err error
+		if f != nil {
+			n, err = f.WriteAt(p.buf, base+p.at)
+		} else {
+			n, err = w.Write(p.buf)
+		}
+		written += int64(n)
+		progress(int64(n))
 		select {
 		case free <- p.buf[:cap(p.buf)]:
 		default:
 		}
 		if err != nil {
-			return n, err
+			return written, err
 		}
 	}
-	return n, nil
+	if f != nil {
+		// Writing at offsets leaves the file's own offset behind.
+		if _, err := f.Seek(base+written, io.SeekStart); err != nil {
+			return written, err
+		}
+	}
+	return written, nil
 }
 
 // schedule sends the pieces in order: to the writer's queue first, which bounds how far
-// ahead the workers run, then to the workers. Copied runs the kernel can copy need no
-// worker.
-func (s *Shard) schedule(queue, work chan<- *piece, stop <-chan struct{}, kernelCopy bool) {
+// ahead the workers run, then to the workers. Copied runs the kernel copies (toFile)
+// need no worker.
+func (s *Shard) schedule(queue, work chan<- *piece, stop <-chan struct{}, toFile bool) {
 	defer close(queue)
 	defer close(work)
 	send := func(p *piece) bool {
@@ -99,7 +125,7 @@ func (s *Shard) schedule(queue, work chan<- *piece, stop <-chan struct{}, kernel
 		case <-stop:
 			return false
 		}
-		if p.copy && kernelCopy && canCopyRange(p.t) {
+		if p.copy && toFile {
 			close(p.done)
 			return true
 		}
@@ -114,20 +140,17 @@ func (s *Shard) schedule(queue, work chan<- *piece, stop <-chan struct{}, kernel
 	for i, t := range s.tensors {
 		tlen := s.plan.Layout.Tensors[i].Len()
 		if t.t.Copy() {
-			chunk := int64(writeBuffer)
-			if kernelCopy && canCopyRange(t) {
-				chunk = tlen // the kernel copies it in one go
-			}
-			for off := int64(0); off < tlen; off += chunk {
-				if !send(&piece{t: t, copy: true, off: off, n: min(chunk, tlen-off)}) {
+			for off := int64(0); off < tlen; off += copyChunk {
+				if !send(&piece{t: t, copy: true, off: off, at: t.off + off, n: min(copyChunk, tlen-off)}) {
 					return
 				}
 			}
 			continue
 		}
+		rowBytes := int64(t.cols * size(t.t.DType))
 		for b := 0; b < t.blocks(); b++ {
 			r0, r1 := t.span(b)
-			if !send(&piece{t: t, r0: r0, r1: r1}) {
+			if !send(&piece{t: t, r0: r0, r1: r1, at: t.off + int64(r0)*rowBytes, n: int64(r1-r0) * rowBytes}) {
 				return
 			}
 		}
@@ -139,44 +162,34 @@ func (s *Shard) worker(work <-chan *piece, free chan []byte) {
 	acc := s.pool.Get().(*scratch)
 	defer s.pool.Put(acc)
 	for p := range work {
-		var need int
-		if p.copy {
-			need = int(p.n)
-		} else {
-			need = (p.r1 - p.r0) * p.t.cols * size(p.t.t.DType)
-		}
 		var buf []byte
 		select {
 		case buf = <-free:
 		default:
 		}
-		if cap(buf) < need {
-			buf = make([]byte, max(need, writeBuffer))
-		}
-		p.buf = buf[:need]
+		buf = grow(buf, int(max(p.n, writeBuffer)))[:p.n]
 		if p.copy {
-			p.err = readRef(p.t.in, p.t.t.Source, p.off, p.buf)
+			p.err = readRef(p.t.in, p.t.t.Source, p.off, buf)
 		} else {
-			p.err = p.t.block(p.r0, p.r1, p.buf, acc)
+			p.err = p.t.block(p.r0, p.r1, buf, acc)
 		}
+		p.buf = buf
 		close(p.done)
 	}
 }
 
-// copyBuffered copies through this process's memory.
-func copyBuffered(dst io.Writer, t *tensor, off, n int64) (int64, error) {
+// copyBuffered copies n bytes of t's source from off within the tensor to dst at at.
+func copyBuffered(dst *os.File, at int64, t *tensor, off, n int64) error {
 	buf := make([]byte, min(n, writeBuffer))
-	var done int64
-	for done < n {
+	for done := int64(0); done < n; {
 		c := min(int64(len(buf)), n-done)
 		if err := readRef(t.in, t.t.Source, off+done, buf[:c]); err != nil {
-			return done, err
+			return err
 		}
-		k, err := dst.Write(buf[:c])
-		done += int64(k)
-		if err != nil {
-			return done, err
+		if _, err := dst.WriteAt(buf[:c], at+done); err != nil {
+			return err
 		}
+		done += c
 	}
-	return done, nil
+	return nil
 }

@@ -196,11 +196,12 @@ func (w *modelWriter) shard(ctx context.Context, s *mergeplan.Shard) error {
 		return err
 	}
 	w.staged = append(w.staged, s.Name)
-	wb := &writeback{f: f}
+	wb := startWriteback(f)
 	n, err := sh.Write(ctx, f, func(n int64) {
 		w.meter.add(n)
 		wb.add(n)
 	})
+	wb.stop()
 	if err == nil && n != s.Size() {
 		err = fmt.Errorf("wrote %d bytes, expected %d", n, s.Size())
 	}
