@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"os"
+	"sync"
+	"sync/atomic"
 )
 
 // copyChunk is the run of a copied tensor one piece holds, so that the writer turns
@@ -28,14 +30,21 @@ func (s *Shard) WriteTo(w io.Writer) (int64, error) { return s.Write(context.Bac
 // Write writes the whole merged shard to w, in order, and stops between pieces when ctx
 // is done. Blocks are computed by Jobs goroutines a few pieces ahead of the writer,
 // each block by one goroutine, so that every core is busy while the writer writes.
-// When w is a file, the writer copies the tensors that do not change in the kernel
-// (copy_file_range), where the input is a file too, without passing them through this
-// process. (One goroutine writes: several writing one file wait for each other in the
-// kernel, at a cost in CPU time that the cores computing would rather have.) progress,
-// if not nil, is told every byte written.
+// When w is a file, the writer writes each block at its offset, and another goroutine
+// copies the tensors that do not change meanwhile, in the kernel (copy_file_range)
+// where the input is a file too, without passing them through this process. (Only
+// these two write: more writers of one file wait for each other in the kernel, at a
+// cost in CPU time that the cores computing would rather have.) progress, if not nil,
+// is told every byte written, from one goroutine at a time.
 func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (int64, error) {
 	if progress == nil {
 		progress = func(int64) {}
+	}
+	var mu sync.Mutex // progress is called from the writer and the copier
+	report := func(n int64) {
+		mu.Lock()
+		progress(n)
+		mu.Unlock()
 	}
 	f, _ := w.(*os.File)
 	base := int64(-1)
@@ -48,17 +57,46 @@ func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (i
 		f = nil // a pipe or a terminal
 	}
 	n, err := w.Write(s.prefix)
-	progress(int64(n))
+	report(int64(n))
 	if err != nil {
 		return int64(n), err
 	}
 	written := int64(n)
+	// Copied runs go to a goroutine of their own, so that the writer writes the blocks
+	// the workers compute meanwhile; both write at offsets.
+	copies := make(chan *piece, 256)
+	var copied atomic.Int64
+	var copyErr error
+	copyDone := make(chan struct{})
+	go func() {
+		defer close(copyDone)
+		for p := range copies {
+			if copyErr == nil {
+				if copyErr = ctx.Err(); copyErr == nil {
+					copyErr = copyAt(f, base+p.at, p.t, p.off, p.n)
+				}
+			}
+			if copyErr == nil {
+				copied.Add(p.n)
+				report(p.n)
+			}
+		}
+	}()
+	finishCopies := sync.OnceValue(func() error {
+		close(copies)
+		<-copyDone
+		return copyErr
+	})
+	defer finishCopies()
 	ahead := 2 * s.jobs
-	queue := make(chan *piece, ahead) // in file order, for the writer
-	work := make(chan *piece, ahead)  // for the workers
+	// Computed blocks wait in memory for the writer: slots bounds how many. Copied runs
+	// hold no memory, and must not keep the workers from the blocks behind them.
+	slots := make(chan struct{}, ahead)
+	queue := make(chan *piece, 256) // in file order, for the writer
+	work := make(chan *piece, ahead)
 	stop := make(chan struct{})
 	free := make(chan []byte, ahead+2)
-	go s.schedule(queue, work, stop, f != nil)
+	go s.schedule(queue, work, slots, stop, f != nil)
 	for range s.jobs {
 		go s.worker(work, free)
 	}
@@ -79,11 +117,7 @@ func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (i
 			return written, p.err
 		}
 		if p.buf == nil { // a copied run the kernel copies
-			if err := copyAt(f, base+p.at, p.t, p.off, p.n); err != nil {
-				return written, err
-			}
-			written += p.n
-			progress(p.n)
+			copies <- p
 			continue
 		}
 		var n int
@@ -94,14 +128,20 @@ func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (i
 			n, err = w.Write(p.buf)
 		}
 		written += int64(n)
-		progress(int64(n))
+		report(int64(n))
 		select {
 		case free <- p.buf[:cap(p.buf)]:
 		default:
 		}
+		<-slots
 		if err != nil {
 			return written, err
 		}
+	}
+	err = finishCopies()
+	written += copied.Load()
+	if err != nil {
+		return written, err
 	}
 	if f != nil {
 		// Writing at offsets leaves the file's own offset behind.
@@ -112,20 +152,29 @@ func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (i
 	return written, nil
 }
 
-// schedule sends the pieces in order: to the writer's queue first, which bounds how far
-// ahead the workers run, then to the workers. Copied runs the kernel copies (toFile)
-// need no worker.
-func (s *Shard) schedule(queue, work chan<- *piece, stop <-chan struct{}, toFile bool) {
+// schedule sends the pieces in order: to the writer's queue first, then to the
+// workers. A piece a worker fills takes one of the slots, which the writer gives back,
+// so that the workers run only so far ahead of it. Copied runs the kernel copies
+// (toFile) need no worker and no slot.
+func (s *Shard) schedule(queue, work chan<- *piece, slots chan<- struct{}, stop <-chan struct{}, toFile bool) {
 	defer close(queue)
 	defer close(work)
 	send := func(p *piece) bool {
 		p.done = make(chan struct{})
+		kernel := p.copy && toFile
+		if !kernel {
+			select {
+			case slots <- struct{}{}:
+			case <-stop:
+				return false
+			}
+		}
 		select {
 		case queue <- p:
 		case <-stop:
 			return false
 		}
-		if p.copy && toFile {
+		if kernel {
 			close(p.done)
 			return true
 		}

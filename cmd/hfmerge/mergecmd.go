@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hfmerge/hfmerge/merge"
 	"github.com/hfmerge/hfmerge/mergeplan"
@@ -110,6 +111,7 @@ type modelWriter struct {
 	meter   *meter
 	log     *slog.Logger
 	staged  []string
+	syncs   errgroup.Group // flush
 }
 
 func (w *modelWriter) write(ctx context.Context) (err error) {
@@ -135,22 +137,15 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() {
+		if serr := w.syncs.Wait(); serr != nil && err == nil {
+			err = serr
+		}
 		if rmErr := os.RemoveAll(w.staging); rmErr != nil && err == nil {
 			err = rmErr
 		}
 	}()
-	var shardBytes int64
-	for _, s := range w.p.Shards {
-		shardBytes += s.Size()
-	}
-	w.meter.start("merge", shardBytes)
-	for i := range w.p.Shards {
-		if err := w.shard(ctx, &w.p.Shards[i]); err != nil {
-			w.meter.finish()
-			return err
-		}
-	}
-	w.meter.finish()
+	// The small files first: each is flushed to disk on a goroutine of its own while the
+	// shards are computed.
 	if w.p.Index != nil {
 		if err := w.stage(w.p.IndexName, w.p.Index); err != nil {
 			return err
@@ -174,6 +169,21 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 		return err
 	}
 	if err := w.stage("README.md", card); err != nil {
+		return err
+	}
+	var shardBytes int64
+	for _, s := range w.p.Shards {
+		shardBytes += s.Size()
+	}
+	w.meter.start("merge", shardBytes)
+	for i := range w.p.Shards {
+		if err := w.shard(ctx, &w.p.Shards[i]); err != nil {
+			w.meter.finish()
+			return err
+		}
+	}
+	w.meter.finish()
+	if err := w.syncs.Wait(); err != nil {
 		return err
 	}
 	return w.publish(ctx)
@@ -206,10 +216,9 @@ func (w *modelWriter) shard(ctx context.Context, s *mergeplan.Shard) error {
 		err = fmt.Errorf("wrote %d bytes, expected %d", n, s.Size())
 	}
 	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+		w.flush(f, s.Name)
+	} else {
+		f.Close()
 	}
 	if err != nil {
 		var nf *merge.NonFiniteError
@@ -230,14 +239,28 @@ func (w *modelWriter) stage(name string, data []byte) error {
 		return err
 	}
 	w.staged = append(w.staged, name)
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
+	if _, err = f.Write(data); err != nil {
+		f.Close()
+		return err
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	w.flush(f, name)
+	return nil
+}
+
+// flush makes a staged file durable and closes it, on a goroutine of its own: publish
+// waits for all of them, so that a file is renamed into place only once its bytes are
+// on disk, and the disk meanwhile writes while the next shard is computed.
+func (w *modelWriter) flush(f *os.File, name string) {
+	w.syncs.Go(func() error {
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
 }
 
 func (w *modelWriter) copyFile(ctx context.Context, c extraFile) error {
@@ -246,14 +269,12 @@ func (w *modelWriter) copyFile(ctx context.Context, c extraFile) error {
 		return err
 	}
 	w.staged = append(w.staged, c.name)
-	err = c.from.Copy(ctx, c.name, f)
-	if err == nil {
-		err = f.Sync()
+	if err := c.from.Copy(ctx, c.name, f); err != nil {
+		f.Close()
+		return err
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	w.flush(f, c.name)
+	return nil
 }
 
 // publish renames every staged file into the output directory.
