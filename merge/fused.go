@@ -55,9 +55,9 @@ func (m *tensor) fusedKernel() func(*fusedArgs) {
 // times, so that the kernels can use them as memory operands.
 //
 // For each element of columns [0, width) a kernel computes p = Σₖ L[o,k]·R[k,j] as the
-// Go kernel does, t = s·p and v = w + t. The error of v is at most
-// c·rowNorm[o] + tiny + |v|·2⁻⁵³: c bounds the product's error and the rounding of s·p
-// (see fusedAsm). The kernel widens it to e = c1·|v| + c·rowNorm[o] + tiny, where
+// Go kernel does, t = s·p and v = w + t. The error of v is at most bound[o] + |v|·2⁻⁵³,
+// where bound[o] covers the product's error and the rounding of s·p (see fusedAsm). The
+// kernel widens it to e = c1·|v| + bound[o], where
 // c1 = relFloor + 2⁻⁵⁰ also covers its own roundings, and writes v rounded to the output
 // (format.fast) unless a rounding boundary lies within e of |v|, or |v| is outside the
 // output's normal range. Then it sets the element's bit in flags (a byte for each row and
@@ -66,24 +66,27 @@ type fusedArgs struct {
 	out, in    *byte
 	L          *float64 // packed by packRows
 	R          *float64 // packed by pack
-	rowNorm    *float64
+	bound      *float64 // c·rowNorm[o] + tiny for each row (see fusedAsm)
 	flags      *uint8
 	rows, rank int
 	width      int
 	strips     int // width / 8
+	panel      int // columns of R whose strips stay in the first-level cache
+	panel0     int // the kernel's: the columns of the current panel
+	panel1     int
 	inRow      int // bytes
 	outRow     int
 	inSize     int
 	outSize    int
 	any        int
 
-	s, c, tiny, c1 [4]float64
-	half, halfm1   [4]uint64 // the output's rounding boundaries: half a unit of drop bits
-	minNormal      [4]uint64 // the bits of the output's smallest normal, less one
-	maxFinite      [4]uint64 // the bits of its largest finite value, plus half
-	round          [4]uint64 // half of the float32 bits BF16 drops, in each 32-bit lane
+	s, c1        [4]float64
+	half, halfm1 [4]uint64 // the output's rounding boundaries: half a unit of drop bits
+	minNormal    [4]uint64 // the bits of the output's smallest normal, less one
+	maxFinite    [4]uint64 // the bits of its largest finite value, plus half
+	round        [4]uint64 // half of the float32 bits BF16 drops, in each 32-bit lane
+	zero         [4]uint64
 
-	c3  [4]float64  // the kernel's: c·rowNorm[o] + tiny for the current row
 	tmp [48]float64 // the kernel's: products of a group of rows
 }
 
@@ -104,24 +107,31 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 	d := &m.t.Deltas[0]
 	rows, strips := r1-r0, width/8
 	flags := acc.flagBytes(rows * strips)
+	clear(flags) // the kernel writes only the rows it flags
 	L := packRows(acc.packed(rows*d.Rank), f.L[r0*d.Rank:r1*d.Rank], rows, d.Rank)
+	// |p - P| ≤ γ·rowNorm·colNorm (see gamma), and |s·p| ≤ |s|·(1+γ)·rowNorm·colNorm,
+	// whose rounding is half a unit in the 53rd bit: both within
+	// |s|·maxColNorm·(γ + 2⁻⁵²)·rowNorm, and tiny covers underflow.
+	as := math.Abs(d.Scale)
+	c, tiny := as*f.maxColNorm*(gamma(d.Rank)+0x1p-52), as*float64(d.Rank+1)*0x1p-1000
+	bound := acc.rowBounds(rows)
+	for o := range bound {
+		bound[o] = c*f.rowNorm[r0+o] + tiny
+	}
 	fm := m.out
 	if acc.args == nil {
 		acc.args = new(fusedArgs)
 	}
-	as := math.Abs(d.Scale)
 	a := acc.args
 	*a = fusedArgs{
 		out: &dst[0], in: &raw[0], L: &L[0], R: &f.strips[0],
-		rowNorm: &f.rowNorm[r0], flags: &flags[0],
+		bound: &bound[0], flags: &flags[0],
 		rows: rows, rank: d.Rank, width: width, strips: strips,
+		// R's strips for 16 KiB, half the first-level data cache of current cores.
+		panel: max(8, 2048/d.Rank&^7),
 		inRow: m.cols * size(m.t.Source.DType), outRow: m.cols * size(m.t.DType),
 		inSize: size(m.t.Source.DType), outSize: size(m.t.DType),
-		// |p - P| ≤ γ·rowNorm·colNorm (see gamma), and |s·p| ≤ |s|·(1+γ)·rowNorm·colNorm,
-		// whose rounding is half a unit in the 53rd bit: both within
-		// |s|·maxColNorm·(γ + 2⁻⁵²)·rowNorm.
-		s: splat(d.Scale), c: splat(as * f.maxColNorm * (gamma(d.Rank) + 0x1p-52)),
-		tiny: splat(as * float64(d.Rank+1) * 0x1p-1000), c1: splat(fm.relFloor + 0x1p-50),
+		s: splat(d.Scale), c1: splat(fm.relFloor + 0x1p-50),
 		half: splat(fm.half), halfm1: splat(fm.half - 1),
 		minNormal: splat(math.Float64bits(fm.minNormal) - 1),
 		maxFinite: splat(math.Float64bits(fm.maxFinite) + fm.half),

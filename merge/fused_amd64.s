@@ -8,36 +8,40 @@
 #define A_IN 8
 #define A_L 16
 #define A_R 24
-#define A_ROWNORM 32
+#define A_BOUND 32
 #define A_FLAGS 40
 #define A_ROWS 48
 #define A_RANK 56
 #define A_WIDTH 64
 #define A_STRIPS 72
-#define A_INROW 80
-#define A_OUTROW 88
-#define A_INSIZE 96
-#define A_OUTSIZE 104
-#define A_ANY 112
-#define A_S 120
-#define A_C 152
-#define A_TINY 184
-#define A_C1 216
-#define A_HALF 248
-#define A_HALFM1 280
-#define A_MINNORMAL 312
-#define A_MAXFINITE 344
-#define A_ROUND 376
-#define A_C3 408
-#define A_TMP 440
+#define A_PANEL 80
+#define A_PANEL0 88
+#define A_PANEL1 96
+#define A_INROW 104
+#define A_OUTROW 112
+#define A_INSIZE 120
+#define A_OUTSIZE 128
+#define A_ANY 136
+#define A_S 144
+#define A_ZERO 368
+#define A_C1 176
+#define A_HALF 208
+#define A_HALFM1 240
+#define A_MINNORMAL 272
+#define A_MAXFINITE 304
+#define A_ROUND 336
+#define A_TMP 400
 
-// Each kernel computes a fused row block (see fusedArgs), strip by strip of 8 columns.
-// In a strip, the rows go by in groups of 6, then one by one. For a group, twelve
-// accumulators start at -0 and take, for k = 0, 1, ..., r-1 in order,
-// acc = fma(L[o, k], R[k, j], acc), as the Go kernel does; they go to a.tmp, and the
-// epilogue takes the group row by row, 8 elements at a time.
+// Each kernel computes a fused row block (see fusedArgs) panel by panel of columns,
+// [panel0, panel1), whose strips of R stay in the first-level cache while every row
+// passes. In a panel, the rows go by in groups of 6, then one by one, and each group
+// strip by strip of 8 columns, left to right, so that the group's input and output are
+// read and written in order. For a group and strip, twelve accumulators start at -0 and
+// take, for k = 0, 1, ..., r-1 in order, acc = fma(L[o, k], R[k, j], acc), as the Go
+// kernel does; they go to a.tmp, and the epilogue takes the group row by row, 8
+// elements at a time.
 //
-// The epilogue: w decoded, t = s·p, v = w + t, the bound e = c1·|v| + c3 of the row,
+// The epilogue: w decoded, t = s·p, v = w + t, the bound e = c1·|v| + bound[o],
 // and the interval [|v| - e, |v| + e]. Where the output's values are normal, they are
 // the float64s whose low drop mantissa bits are zero, and the rounding boundaries
 // between them those whose low bits are exactly half: so the interval holds no boundary
@@ -45,28 +49,44 @@
 // The low end must also be a normal of the output, and the high end below its largest
 // finite value, or the element is flagged. NaN and infinities fail one of these.
 //
-// Registers: DI the arguments, R12 j0, R13 o, R8 the rows of the group. Product: AX the
+// Registers: DI the arguments, R12 j0, R13 o, R8 the rows of the group, R14 the flags
+// set so far. Product: AX the
 // strip of R, BX the rows of L, CX k counting down, Y12 Y13 R[k, j0:j0+8], Y14 L[o, k],
 // Y15 -0. Epilogue: SI DX the row in the input and output, R15 its products in tmp, R10
-// its flags, R11 its rowNorm, R9 the rows left; Y8 maxFinite, Y9 minNormal, Y10 zero,
+// its flags, R11 its bound, R9 the rows left; Y8 maxFinite, Y9 minNormal, Y10 bound,
 // Y11 half-1, Y12 half, Y13 c1, Y14 s, Y15 the sign mask; Y0-Y3 and Y4-Y7 the two
 // quarters of the row.
 
 // func fusedBF16toBF16(a *fusedArgs)
 TEXT ·fusedBF16toBF16(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -132,8 +152,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -183,12 +201,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -197,10 +214,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VPMOVZXWD    (SI), Y0
 	VPSLLD       $16, Y0, Y0
 	VEXTRACTF128 $1, Y0, X4
@@ -214,8 +228,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -234,17 +248,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $45, Y3, Y3
 	VPSRLQ      $45, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VINSERTF128  $1, X4, Y0, Y0
@@ -260,32 +273,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedBF16toF16(a *fusedArgs)
 TEXT ·fusedBF16toF16(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -351,8 +394,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -402,12 +443,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -416,10 +456,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VPMOVZXWD    (SI), Y0
 	VPSLLD       $16, Y0, Y0
 	VEXTRACTF128 $1, Y0, X4
@@ -433,8 +470,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -453,17 +490,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $42, Y3, Y3
 	VPSRLQ      $42, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -475,32 +511,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedBF16toF32(a *fusedArgs)
 TEXT ·fusedBF16toF32(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -566,8 +632,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -617,12 +681,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -631,10 +694,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VPMOVZXWD    (SI), Y0
 	VPSLLD       $16, Y0, Y0
 	VEXTRACTF128 $1, Y0, X4
@@ -648,8 +708,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -668,17 +728,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $29, Y3, Y3
 	VPSRLQ      $29, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VMOVUPS X0, (DX)
@@ -690,32 +749,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedF16toBF16(a *fusedArgs)
 TEXT ·fusedF16toBF16(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -781,8 +870,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -832,12 +919,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -846,10 +932,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VCVTPH2PS    (SI), Y0
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
@@ -862,8 +945,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -882,17 +965,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $45, Y3, Y3
 	VPSRLQ      $45, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VINSERTF128  $1, X4, Y0, Y0
@@ -908,32 +990,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedF16toF16(a *fusedArgs)
 TEXT ·fusedF16toF16(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -999,8 +1111,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1050,12 +1160,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -1064,10 +1173,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VCVTPH2PS    (SI), Y0
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
@@ -1080,8 +1186,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -1100,17 +1206,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $42, Y3, Y3
 	VPSRLQ      $42, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -1122,32 +1227,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedF16toF32(a *fusedArgs)
 TEXT ·fusedF16toF32(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1213,8 +1348,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1264,12 +1397,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -1278,10 +1410,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VCVTPH2PS    (SI), Y0
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
@@ -1294,8 +1423,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -1314,17 +1443,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $29, Y3, Y3
 	VPSRLQ      $29, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VMOVUPS X0, (DX)
@@ -1336,32 +1464,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedF32toBF16(a *fusedArgs)
 TEXT ·fusedF32toBF16(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1427,8 +1585,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1478,12 +1634,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -1492,10 +1647,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VCVTPS2PD (SI), Y0
 	VCVTPS2PD 16(SI), Y4
 	VMULPD      0(R15), Y14, Y1
@@ -1506,8 +1658,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -1526,17 +1678,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $45, Y3, Y3
 	VPSRLQ      $45, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VINSERTF128  $1, X4, Y0, Y0
@@ -1552,32 +1703,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedF32toF16(a *fusedArgs)
 TEXT ·fusedF32toF16(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1643,8 +1824,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1694,12 +1873,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -1708,10 +1886,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VCVTPS2PD (SI), Y0
 	VCVTPS2PD 16(SI), Y4
 	VMULPD      0(R15), Y14, Y1
@@ -1722,8 +1897,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -1742,17 +1917,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $42, Y3, Y3
 	VPSRLQ      $42, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -1764,32 +1938,62 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged
 
 // func fusedF32toF32(a *fusedArgs)
 TEXT ·fusedF32toF32(SB), NOSPLIT, $0-8
 	MOVQ a+0(FP), DI
-	XORQ R12, R12
+	XORQ R14, R14
+	MOVQ $0, A_PANEL0(DI)
 
-strip:
-	CMPQ R12, A_WIDTH(DI)
-	JGE  done
-	XORQ R13, R13
+panel:
+	MOVQ    A_PANEL0(DI), AX
+	MOVQ    A_WIDTH(DI), CX
+	CMPQ    AX, CX
+	JGE     done
+	ADDQ    A_PANEL(DI), AX
+	CMPQ    AX, CX
+	CMOVQGT CX, AX
+	MOVQ    AX, A_PANEL1(DI)
+	XORQ    R13, R13
 
 group:
 	MOVQ A_ROWS(DI), AX
 	SUBQ R13, AX
+	JLE  nextpanel
+	MOVQ $6, R8
 	CMPQ AX, $6
-	JLT  single
+	JGE  2(PC)
+	MOVQ $1, R8
+	MOVQ A_PANEL0(DI), R12
+
+strip:
+	CMPQ R8, $6
+	JNE  single
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1855,8 +2059,6 @@ groupk:
 	JMP  epi
 
 single:
-	CMPQ AX, $0
-	JLE  nextstrip
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 	VMOVAPD  Y15, Y0
@@ -1906,12 +2108,11 @@ epi:
 	ADDQ  CX, AX
 	ADDQ  A_FLAGS(DI), AX
 	MOVQ  AX, R10
-	MOVQ  A_ROWNORM(DI), R11
+	MOVQ  A_BOUND(DI), R11
 	LEAQ  (R11)(R13*8), R11
 	MOVQ  R8, R9
 	VMOVDQU  A_MAXFINITE(DI), Y8
 	VMOVDQU  A_MINNORMAL(DI), Y9
-	VPXOR    Y10, Y10, Y10
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
@@ -1920,10 +2121,7 @@ epi:
 	VPSLLQ   $63, Y15, Y15
 
 row:
-	VBROADCASTSD (R11), Y1
-	VMULPD       A_C(DI), Y1, Y1
-	VADDPD       A_TINY(DI), Y1, Y1
-	VMOVUPD      Y1, A_C3(DI)
+	VBROADCASTSD (R11), Y10
 	VCVTPS2PD (SI), Y0
 	VCVTPS2PD 16(SI), Y4
 	VMULPD      0(R15), Y14, Y1
@@ -1934,8 +2132,8 @@ row:
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
 	VMOVAPD     Y5, Y6
-	VFMADD213PD A_C3(DI), Y13, Y2
-	VFMADD213PD A_C3(DI), Y13, Y6
+	VFMADD213PD Y10, Y13, Y2
+	VFMADD213PD Y10, Y13, Y6
 	VSUBPD      Y2, Y1, Y3
 	VSUBPD      Y6, Y5, Y7
 	VADDPD      Y2, Y1, Y2
@@ -1954,17 +2152,16 @@ row:
 	VPAND       Y6, Y5, Y5
 	VPSRLQ      $29, Y3, Y3
 	VPSRLQ      $29, Y7, Y7
-	VPCMPEQQ    Y10, Y3, Y3
-	VPCMPEQQ    Y10, Y7, Y7
+	VPCMPEQQ    A_ZERO(DI), Y3, Y3
+	VPCMPEQQ    A_ZERO(DI), Y7, Y7
 	VPAND       Y3, Y1, Y1
 	VPAND       Y7, Y5, Y5
-	VMOVMSKPD Y1, AX
-	VMOVMSKPD Y5, CX
-	SHLQ      $4, CX
-	ORQ       CX, AX
-	XORQ      $0xff, AX
-	MOVB      AX, (R10)
-	ORQ       AX, A_ANY(DI)
+	VPAND     Y1, Y5, Y2
+	VMOVMSKPD Y2, AX
+	CMPQ      AX, $15
+	JNE       flag
+
+flagged:
 	VCVTPD2PSY Y0, X0
 	VCVTPD2PSY Y4, X4
 	VMOVUPS X0, (DX)
@@ -1976,13 +2173,28 @@ row:
 	ADDQ $8, R11
 	DECQ R9
 	JNZ  row
+	ADDQ $8, R12
+	CMPQ R12, A_PANEL1(DI)
+	JLT  strip
 	ADDQ R8, R13
 	JMP  group
 
-nextstrip:
-	ADDQ $8, R12
-	JMP  strip
+nextpanel:
+	MOVQ A_PANEL1(DI), AX
+	MOVQ AX, A_PANEL0(DI)
+	JMP  panel
 
 done:
+	MOVQ R14, A_ANY(DI)
 	VZEROUPPER
 	RET
+
+flag:
+	VMOVMSKPD Y1, AX
+	VMOVMSKPD Y5, CX
+	SHLQ      $4, CX
+	ORQ       CX, AX
+	XORQ      $0xff, AX
+	MOVB      AX, (R10)
+	ORQ       AX, R14
+	JMP       flagged

@@ -60,25 +60,29 @@ func fusedSource() (asm, decl []byte) {
 		p    unsafe.Pointer
 	}{
 		{"OUT", unsafe.Pointer(&a.out)}, {"IN", unsafe.Pointer(&a.in)}, {"L", unsafe.Pointer(&a.L)},
-		{"R", unsafe.Pointer(&a.R)}, {"ROWNORM", unsafe.Pointer(&a.rowNorm)}, {"FLAGS", unsafe.Pointer(&a.flags)},
+		{"R", unsafe.Pointer(&a.R)}, {"BOUND", unsafe.Pointer(&a.bound)}, {"FLAGS", unsafe.Pointer(&a.flags)},
 		{"ROWS", unsafe.Pointer(&a.rows)}, {"RANK", unsafe.Pointer(&a.rank)}, {"WIDTH", unsafe.Pointer(&a.width)},
-		{"STRIPS", unsafe.Pointer(&a.strips)}, {"INROW", unsafe.Pointer(&a.inRow)}, {"OUTROW", unsafe.Pointer(&a.outRow)},
+		{"STRIPS", unsafe.Pointer(&a.strips)}, {"PANEL", unsafe.Pointer(&a.panel)},
+		{"PANEL0", unsafe.Pointer(&a.panel0)}, {"PANEL1", unsafe.Pointer(&a.panel1)}, {"INROW", unsafe.Pointer(&a.inRow)}, {"OUTROW", unsafe.Pointer(&a.outRow)},
 		{"INSIZE", unsafe.Pointer(&a.inSize)}, {"OUTSIZE", unsafe.Pointer(&a.outSize)}, {"ANY", unsafe.Pointer(&a.any)},
-		{"S", unsafe.Pointer(&a.s)}, {"C", unsafe.Pointer(&a.c)}, {"TINY", unsafe.Pointer(&a.tiny)},
+		{"S", unsafe.Pointer(&a.s)}, {"ZERO", unsafe.Pointer(&a.zero)},
 		{"C1", unsafe.Pointer(&a.c1)}, {"HALF", unsafe.Pointer(&a.half)}, {"HALFM1", unsafe.Pointer(&a.halfm1)},
 		{"MINNORMAL", unsafe.Pointer(&a.minNormal)}, {"MAXFINITE", unsafe.Pointer(&a.maxFinite)},
-		{"ROUND", unsafe.Pointer(&a.round)}, {"C3", unsafe.Pointer(&a.c3)}, {"TMP", unsafe.Pointer(&a.tmp)},
+		{"ROUND", unsafe.Pointer(&a.round)}, {"TMP", unsafe.Pointer(&a.tmp)},
 	} {
 		w("#define A_%s %d", f.name, off(f.p))
 	}
 	w(`
-// Each kernel computes a fused row block (see fusedArgs), strip by strip of 8 columns.
-// In a strip, the rows go by in groups of 6, then one by one. For a group, twelve
-// accumulators start at -0 and take, for k = 0, 1, ..., r-1 in order,
-// acc = fma(L[o, k], R[k, j], acc), as the Go kernel does; they go to a.tmp, and the
-// epilogue takes the group row by row, 8 elements at a time.
+// Each kernel computes a fused row block (see fusedArgs) panel by panel of columns,
+// [panel0, panel1), whose strips of R stay in the first-level cache while every row
+// passes. In a panel, the rows go by in groups of 6, then one by one, and each group
+// strip by strip of 8 columns, left to right, so that the group's input and output are
+// read and written in order. For a group and strip, twelve accumulators start at -0 and
+// take, for k = 0, 1, ..., r-1 in order, acc = fma(L[o, k], R[k, j], acc), as the Go
+// kernel does; they go to a.tmp, and the epilogue takes the group row by row, 8
+// elements at a time.
 //
-// The epilogue: w decoded, t = s·p, v = w + t, the bound e = c1·|v| + c3 of the row,
+// The epilogue: w decoded, t = s·p, v = w + t, the bound e = c1·|v| + bound[o],
 // and the interval [|v| - e, |v| + e]. Where the output's values are normal, they are
 // the float64s whose low drop mantissa bits are zero, and the rounding boundaries
 // between them those whose low bits are exactly half: so the interval holds no boundary
@@ -86,10 +90,11 @@ func fusedSource() (asm, decl []byte) {
 // The low end must also be a normal of the output, and the high end below its largest
 // finite value, or the element is flagged. NaN and infinities fail one of these.
 //
-// Registers: DI the arguments, R12 j0, R13 o, R8 the rows of the group. Product: AX the
+// Registers: DI the arguments, R12 j0, R13 o, R8 the rows of the group, R14 the flags
+// set so far. Product: AX the
 // strip of R, BX the rows of L, CX k counting down, Y12 Y13 R[k, j0:j0+8], Y14 L[o, k],
 // Y15 -0. Epilogue: SI DX the row in the input and output, R15 its products in tmp, R10
-// its flags, R11 its rowNorm, R9 the rows left; Y8 maxFinite, Y9 minNormal, Y10 zero,
+// its flags, R11 its bound, R9 the rows left; Y8 maxFinite, Y9 minNormal, Y10 bound,
 // Y11 half-1, Y12 half, Y13 c1, Y14 s, Y15 the sign mask; Y0-Y3 and Y4-Y7 the two
 // quarters of the row.`)
 	var d strings.Builder
@@ -121,18 +126,33 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("// func %s(a *fusedArgs)", name)
 	w("TEXT ·%s(SB), NOSPLIT, $0-8", name)
 	w("\tMOVQ a+0(FP), DI")
-	w("\tXORQ R12, R12")
+	w("\tXORQ R14, R14")
+	w("\tMOVQ $0, A_PANEL0(DI)")
 	w("")
-	w("strip:")
-	w("\tCMPQ R12, A_WIDTH(DI)")
-	w("\tJGE  done")
-	w("\tXORQ R13, R13")
+	w("panel:")
+	w("\tMOVQ    A_PANEL0(DI), AX")
+	w("\tMOVQ    A_WIDTH(DI), CX")
+	w("\tCMPQ    AX, CX")
+	w("\tJGE     done")
+	w("\tADDQ    A_PANEL(DI), AX")
+	w("\tCMPQ    AX, CX")
+	w("\tCMOVQGT CX, AX")
+	w("\tMOVQ    AX, A_PANEL1(DI)")
+	w("\tXORQ    R13, R13")
 	w("")
 	w("group:")
 	w("\tMOVQ A_ROWS(DI), AX")
 	w("\tSUBQ R13, AX")
+	w("\tJLE  nextpanel")
+	w("\tMOVQ $6, R8")
 	w("\tCMPQ AX, $6")
-	w("\tJLT  single")
+	w("\tJGE  2(PC)")
+	w("\tMOVQ $1, R8")
+	w("\tMOVQ A_PANEL0(DI), R12")
+	w("")
+	w("strip:")
+	w("\tCMPQ R8, $6")
+	w("\tJNE  single")
 	w("\tVPCMPEQQ Y15, Y15, Y15")
 	w("\tVPSLLQ   $63, Y15, Y15")
 	for i := 0; i < 12; i++ {
@@ -159,8 +179,6 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tJMP  epi")
 	w("")
 	w("single:")
-	w("\tCMPQ AX, $0")
-	w("\tJLE  nextstrip")
 	w("\tVPCMPEQQ Y15, Y15, Y15")
 	w("\tVPSLLQ   $63, Y15, Y15")
 	w("\tVMOVAPD  Y15, Y0")
@@ -190,12 +208,11 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tADDQ  CX, AX")
 	w("\tADDQ  A_FLAGS(DI), AX")
 	w("\tMOVQ  AX, R10")
-	w("\tMOVQ  A_ROWNORM(DI), R11")
+	w("\tMOVQ  A_BOUND(DI), R11")
 	w("\tLEAQ  (R11)(R13*8), R11")
 	w("\tMOVQ  R8, R9")
 	w("\tVMOVDQU  A_MAXFINITE(DI), Y8")
 	w("\tVMOVDQU  A_MINNORMAL(DI), Y9")
-	w("\tVPXOR    Y10, Y10, Y10")
 	w("\tVMOVDQU  A_HALFM1(DI), Y11")
 	w("\tVMOVDQU  A_HALF(DI), Y12")
 	w("\tVMOVUPD  A_C1(DI), Y13")
@@ -204,10 +221,7 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tVPSLLQ   $63, Y15, Y15")
 	w("")
 	w("row:")
-	w("\tVBROADCASTSD (R11), Y1")
-	w("\tVMULPD       A_C(DI), Y1, Y1")
-	w("\tVADDPD       A_TINY(DI), Y1, Y1")
-	w("\tVMOVUPD      Y1, A_C3(DI)")
+	w("\tVBROADCASTSD (R11), Y10")
 	decode(w, in)
 	q := [2][4]int{{0, 1, 2, 3}, {4, 5, 6, 7}}
 	both := func(format string, f func(r [4]int, k int) []any) {
@@ -219,7 +233,7 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	both("\tVADDPD      Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[1], r[0], r[0]} }) // v
 	both("\tVANDNPD     Y%d, Y15, Y%d", func(r [4]int, k int) []any { return []any{r[0], r[1]} })       // |v|
 	both("\tVMOVAPD     Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[1], r[2]} })
-	both("\tVFMADD213PD A_C3(DI), Y13, Y%d", func(r [4]int, k int) []any { return []any{r[2]} })        // e
+	both("\tVFMADD213PD Y10, Y13, Y%d", func(r [4]int, k int) []any { return []any{r[2]} })             // e
 	both("\tVSUBPD      Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[2], r[1], r[3]} }) // low
 	both("\tVADDPD      Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[2], r[1], r[2]} }) // high
 	both("\tVPCMPGTQ    Y9, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[3], r[1]} })
@@ -229,15 +243,15 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	both("\tVPCMPGTQ    Y%d, Y8, Y%d", func(r [4]int, k int) []any { return []any{r[2], r[2]} })
 	both("\tVPAND       Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[2], r[1], r[1]} })
 	both("\tVPSRLQ      $%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{out.drop, r[3], r[3]} })
-	both("\tVPCMPEQQ    Y10, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[3], r[3]} })
+	both("\tVPCMPEQQ    A_ZERO(DI), Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[3], r[3]} })
 	both("\tVPAND       Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[3], r[1], r[1]} })
-	w("\tVMOVMSKPD Y1, AX")
-	w("\tVMOVMSKPD Y5, CX")
-	w("\tSHLQ      $4, CX")
-	w("\tORQ       CX, AX")
-	w("\tXORQ      $0xff, AX")
-	w("\tMOVB      AX, (R10)")
-	w("\tORQ       AX, A_ANY(DI)")
+	// Flags are rare: one test for the row, and the bits out of line.
+	w("\tVPAND     Y1, Y5, Y2")
+	w("\tVMOVMSKPD Y2, AX")
+	w("\tCMPQ      AX, $15")
+	w("\tJNE       flag")
+	w("")
+	w("flagged:")
 	encode(w, out)
 	w("\tADDQ A_INROW(DI), SI")
 	w("\tADDQ A_OUTROW(DI), DX")
@@ -246,16 +260,31 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tADDQ $8, R11")
 	w("\tDECQ R9")
 	w("\tJNZ  row")
+	w("\tADDQ $8, R12")
+	w("\tCMPQ R12, A_PANEL1(DI)")
+	w("\tJLT  strip")
 	w("\tADDQ R8, R13")
 	w("\tJMP  group")
 	w("")
-	w("nextstrip:")
-	w("\tADDQ $8, R12")
-	w("\tJMP  strip")
+	w("nextpanel:")
+	w("\tMOVQ A_PANEL1(DI), AX")
+	w("\tMOVQ AX, A_PANEL0(DI)")
+	w("\tJMP  panel")
 	w("")
 	w("done:")
+	w("\tMOVQ R14, A_ANY(DI)")
 	w("\tVZEROUPPER")
 	w("\tRET")
+	w("")
+	w("flag:")
+	w("\tVMOVMSKPD Y1, AX")
+	w("\tVMOVMSKPD Y5, CX")
+	w("\tSHLQ      $4, CX")
+	w("\tORQ       CX, AX")
+	w("\tXORQ      $0xff, AX")
+	w("\tMOVB      AX, (R10)")
+	w("\tORQ       AX, R14")
+	w("\tJMP       flagged")
 }
 
 // productPointers sets AX to the strip of R at j0, BX to L at row o, CX to the rank.
