@@ -82,7 +82,15 @@ func roundExact(dt safetensors.DType, x dd) float64 {
 	prec, emin := format(dt)
 	_, e := math.Frexp(math.Abs(x.hi))
 	if e-1 < emin {
-		return r // subnormal: fixed quantum; ties with a nonzero lo do not occur in these tests
+		// Subnormal: the quantum is fixed, and lo decides a tie of hi.
+		q := math.Ldexp(1, emin-int(prec)+1)
+		n, l := x.hi/q, x.lo/q // exact: scaling by a power of two
+		f := math.Floor(n)
+		switch frac := n - f; {
+		case frac > 0.5, frac == 0.5 && l > 0:
+			f++
+		}
+		return math.Copysign(f*q, x.hi)
 	}
 	z := new(big.Float).SetPrec(256).SetFloat64(x.hi)
 	z.Add(z, new(big.Float).SetPrec(256).SetFloat64(x.lo))
