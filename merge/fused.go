@@ -141,8 +141,13 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 	if a.any == 0 {
 		return nil
 	}
-	for i, word := range flags {
-		for ; word != 0; word &= word - 1 {
+	for i := 0; i < len(flags); i++ {
+		// A block has a few flags in tens of thousands of bytes: skip 8 at a time.
+		if i%8 == 0 && i+8 <= len(flags) && binary.LittleEndian.Uint64(flags[i:]) == 0 {
+			i += 7
+			continue
+		}
+		for word := flags[i]; word != 0; word &= word - 1 {
 			o, j := i/strips, i%strips*8+bits.TrailingZeros8(word)
 			if err := m.settle(r0, o, j, raw, dst); err != nil {
 				return err
