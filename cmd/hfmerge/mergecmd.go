@@ -112,6 +112,7 @@ type modelWriter struct {
 	log     *slog.Logger
 	staged  []string
 	syncs   errgroup.Group // flush
+	small   []*os.File     // staged small files, flushed after the shards
 }
 
 func (w *modelWriter) write(ctx context.Context) (err error) {
@@ -137,6 +138,9 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() {
+		for _, f := range w.small {
+			f.Close()
+		}
 		if serr := w.syncs.Wait(); serr != nil && err == nil {
 			err = serr
 		}
@@ -144,8 +148,8 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 			err = rmErr
 		}
 	}()
-	// The small files first: each is flushed to disk on a goroutine of its own while the
-	// shards are computed.
+	// The small files first, flushed to disk at the end: an fsync commits the
+	// filesystem's journal, which would hold up the shard being written meanwhile.
 	if w.p.Index != nil {
 		if err := w.stage(w.p.IndexName, w.p.Index); err != nil {
 			return err
@@ -183,6 +187,10 @@ func (w *modelWriter) write(ctx context.Context) (err error) {
 		}
 	}
 	w.meter.finish()
+	for _, f := range w.small {
+		w.flush(f, filepath.Base(f.Name()))
+	}
+	w.small = nil
 	if err := w.syncs.Wait(); err != nil {
 		return err
 	}
@@ -243,7 +251,7 @@ func (w *modelWriter) stage(name string, data []byte) error {
 		f.Close()
 		return err
 	}
-	w.flush(f, name)
+	w.small = append(w.small, f)
 	return nil
 }
 
@@ -273,7 +281,7 @@ func (w *modelWriter) copyFile(ctx context.Context, c extraFile) error {
 		f.Close()
 		return err
 	}
-	w.flush(f, c.name)
+	w.small = append(w.small, f)
 	return nil
 }
 
