@@ -69,6 +69,8 @@ func fusedSource() (asm, decl []byte) {
 		{"C1", unsafe.Pointer(&a.c1)}, {"HALF", unsafe.Pointer(&a.half)}, {"HALFM1", unsafe.Pointer(&a.halfm1)},
 		{"MINNORMAL", unsafe.Pointer(&a.minNormal)}, {"MAXFINITE", unsafe.Pointer(&a.maxFinite)},
 		{"ROUND", unsafe.Pointer(&a.round)}, {"TMP", unsafe.Pointer(&a.tmp)},
+		{"THR", unsafe.Pointer(&a.thr)}, {"ABS32", unsafe.Pointer(&a.abs32)}, {"MAX32", unsafe.Pointer(&a.max32)},
+		{"LOW32", unsafe.Pointer(&a.low32)}, {"MID32", unsafe.Pointer(&a.mid32)}, {"TOL32", unsafe.Pointer(&a.tol32)},
 	} {
 		w("#define A_%s %d", f.name, off(f.p))
 	}
@@ -208,6 +210,111 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tADDQ  CX, AX")
 	w("\tADDQ  A_FLAGS(DI), AX")
 	w("\tMOVQ  AX, R10")
+	if out.size == 2 {
+		epilogue16(w, in, out)
+	} else {
+		epilogue64(w, in, out)
+	}
+	w("\tADDQ A_INROW(DI), SI")
+	w("\tADDQ A_OUTROW(DI), DX")
+	w("\tADDQ $64, R15")
+	w("\tADDQ A_STRIPS(DI), R10")
+	w("\tDECQ R9")
+	w("\tJNZ  row")
+	w("\tADDQ $8, R12")
+	w("\tCMPQ R12, A_PANEL1(DI)")
+	w("\tJLT  strip")
+	w("\tADDQ R8, R13")
+	w("\tJMP  group")
+	w("")
+	w("nextpanel:")
+	w("\tMOVQ A_PANEL1(DI), AX")
+	w("\tMOVQ AX, A_PANEL0(DI)")
+	w("\tJMP  panel")
+	w("")
+	w("done:")
+	w("\tMOVQ R14, A_ANY(DI)")
+	w("\tVZEROUPPER")
+	w("\tRET")
+	w("")
+	w("flag:")
+	if out.size == 2 {
+		w("\tXORQ $0xff, AX")
+	} else {
+		w("\tVMOVMSKPD Y1, AX")
+		w("\tVMOVMSKPD Y5, CX")
+		w("\tSHLQ      $4, CX")
+		w("\tORQ       CX, AX")
+		w("\tXORQ      $0xff, AX")
+	}
+	w("\tMOVB AX, (R10)")
+	w("\tORQ  AX, R14")
+	w("\tJMP  flagged")
+}
+
+// epilogue16 writes a row of 8 elements of a 16-bit output. v is rounded to float32
+// first, x; the output's rounding boundaries are float32s too, those whose low drop
+// bits are exactly half. Rounding is monotone, so if x is at least 3 units (of x) from
+// the nearest boundary, and the bound of v's error with the half unit of x's rounding
+// is within that, then v, x and the exact value lie between the same two boundaries,
+// and x rounds as the exact value does. In x's binade that distance is |low - half|,
+// where low are x's low drop bits; the nearest boundary below a power of two is a
+// quarter of the binade's unit below it, farther than the 3 units asked for. thr[o]
+// keeps |x| at least 2²⁴ times the row's bound, so that the bound is within one unit,
+// and at least the smallest normal of the output; max keeps it finite.
+func epilogue16(w func(string, ...any), in, out fusedKind) {
+	w("\tMOVQ  A_THR(DI), R11")
+	w("\tLEAQ  (R11)(R13*4), R11")
+	w("\tMOVQ  R8, R9")
+	w("\tVMOVDQU A_ABS32(DI), Y8")
+	w("\tVMOVDQU A_MAX32(DI), Y9")
+	w("\tVMOVDQU A_LOW32(DI), Y11")
+	w("\tVMOVDQU A_MID32(DI), Y12")
+	w("\tVMOVDQU A_TOL32(DI), Y13")
+	w("\tVMOVUPD A_S(DI), Y14")
+	w("\tVMOVDQU A_ROUND(DI), Y15")
+	w("")
+	w("row:")
+	w("\tVPBROADCASTD (R11), Y10")
+	decode(w, in)
+	w("\tVMULPD      (R15), Y14, Y1")
+	w("\tVMULPD      32(R15), Y14, Y5")
+	w("\tVADDPD      Y1, Y0, Y0")
+	w("\tVADDPD      Y5, Y4, Y4")
+	w("\tVCVTPD2PSY  Y0, X0")
+	w("\tVCVTPD2PSY  Y4, X4")
+	w("\tVINSERTF128 $1, X4, Y0, Y0")
+	w("\tVPAND       Y8, Y0, Y1")
+	w("\tVPCMPGTD    Y10, Y1, Y2")
+	w("\tVPCMPGTD    Y1, Y9, Y3")
+	w("\tVPAND       Y3, Y2, Y2")
+	w("\tVPAND       Y11, Y0, Y1")
+	w("\tVPSUBD      Y12, Y1, Y1")
+	w("\tVPABSD      Y1, Y1")
+	w("\tVPCMPGTD    Y13, Y1, Y1")
+	w("\tVPAND       Y1, Y2, Y2")
+	// Flags are rare: one test for the row, and the bits out of line.
+	w("\tVMOVMSKPS   Y2, AX")
+	w("\tCMPQ        AX, $0xff")
+	w("\tJNE         flag")
+	w("")
+	w("flagged:")
+	switch out.name {
+	case "BF16":
+		w("\tVPADDD       Y15, Y0, Y0")
+		w("\tVPSRLD       $16, Y0, Y0")
+		w("\tVEXTRACTI128 $1, Y0, X4")
+		w("\tVPACKUSDW    X4, X0, X0")
+		w("\tVMOVDQU      X0, (DX)")
+	case "F16":
+		w("\tVCVTPS2PH $0, Y0, (DX)")
+	}
+	w("\tADDQ $4, R11")
+}
+
+// epilogue64 writes a row of 8 elements of a float32 output: the boundary test runs on
+// float64s (see the comment at the top).
+func epilogue64(w func(string, ...any), in, out fusedKind) {
 	w("\tMOVQ  A_BOUND(DI), R11")
 	w("\tLEAQ  (R11)(R13*8), R11")
 	w("\tMOVQ  R8, R9")
@@ -253,38 +360,7 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("")
 	w("flagged:")
 	encode(w, out)
-	w("\tADDQ A_INROW(DI), SI")
-	w("\tADDQ A_OUTROW(DI), DX")
-	w("\tADDQ $64, R15")
-	w("\tADDQ A_STRIPS(DI), R10")
 	w("\tADDQ $8, R11")
-	w("\tDECQ R9")
-	w("\tJNZ  row")
-	w("\tADDQ $8, R12")
-	w("\tCMPQ R12, A_PANEL1(DI)")
-	w("\tJLT  strip")
-	w("\tADDQ R8, R13")
-	w("\tJMP  group")
-	w("")
-	w("nextpanel:")
-	w("\tMOVQ A_PANEL1(DI), AX")
-	w("\tMOVQ AX, A_PANEL0(DI)")
-	w("\tJMP  panel")
-	w("")
-	w("done:")
-	w("\tMOVQ R14, A_ANY(DI)")
-	w("\tVZEROUPPER")
-	w("\tRET")
-	w("")
-	w("flag:")
-	w("\tVMOVMSKPD Y1, AX")
-	w("\tVMOVMSKPD Y5, CX")
-	w("\tSHLQ      $4, CX")
-	w("\tORQ       CX, AX")
-	w("\tXORQ      $0xff, AX")
-	w("\tMOVB      AX, (R10)")
-	w("\tORQ       AX, R14")
-	w("\tJMP       flagged")
 }
 
 // productPointers sets AX to the strip of R at j0, BX to L at row o, CX to the rank.

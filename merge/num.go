@@ -84,7 +84,8 @@ func decoderFor(d safetensors.DType) decoder {
 
 // format is an output dtype as the rounding step sees it.
 type format struct {
-	mask, half uint64  // the float64 mantissa bits below the format's precision, and half of them
+	drop       uint    // the float64 mantissa bits below the format's precision
+	mask, half uint64  // those bits, and half of them
 	quarterExp uint64  // subtracted from a float64's exponent field: a quarter of the format's unit
 	minNormal  float64 // below this the format is subnormal: always recomputed exactly
 	maxFinite  float64 // at or above this it overflows: always recomputed exactly
@@ -130,6 +131,7 @@ func formatFor(d safetensors.DType) *format {
 }
 
 func (f *format) setDrop(drop uint) {
+	f.drop = drop
 	f.mask = 1<<drop - 1
 	f.half = 1 << (drop - 1)
 	f.quarterExp = uint64(52-drop+2) << 52

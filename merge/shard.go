@@ -258,17 +258,19 @@ type scratch struct {
 	flags   []uint8
 	lp      []float64
 	bound   []float64
+	thr     []uint32
 	args    *fusedArgs
 }
 
-func (s *scratch) values(n int) []float64    { s.v = grow(s.v, n); return s.v[:n] }
-func (s *scratch) base(n int) []float64      { s.w = grow(s.w, n); return s.w[:n] }
-func (s *scratch) bounds(n int) []float64    { s.e = grow(s.e, n); return s.e[:n] }
-func (s *scratch) f64(n int) []float64       { s.a64 = grow(s.a64, n); return s.a64[:n] }
-func (s *scratch) bytes(n int) []byte        { s.raw = grow(s.raw, n); return s.raw[:n] }
-func (s *scratch) flagBytes(n int) []uint8   { s.flags = grow(s.flags, n); return s.flags[:n] }
-func (s *scratch) packed(n int) []float64    { s.lp = grow(s.lp, n); return s.lp[:n] }
-func (s *scratch) rowBounds(n int) []float64 { s.bound = grow(s.bound, n); return s.bound[:n] }
+func (s *scratch) values(n int) []float64       { s.v = grow(s.v, n); return s.v[:n] }
+func (s *scratch) base(n int) []float64         { s.w = grow(s.w, n); return s.w[:n] }
+func (s *scratch) bounds(n int) []float64       { s.e = grow(s.e, n); return s.e[:n] }
+func (s *scratch) f64(n int) []float64          { s.a64 = grow(s.a64, n); return s.a64[:n] }
+func (s *scratch) bytes(n int) []byte           { s.raw = grow(s.raw, n); return s.raw[:n] }
+func (s *scratch) flagBytes(n int) []uint8      { s.flags = grow(s.flags, n); return s.flags[:n] }
+func (s *scratch) packed(n int) []float64       { s.lp = grow(s.lp, n); return s.lp[:n] }
+func (s *scratch) rowBounds(n int) []float64    { s.bound = grow(s.bound, n); return s.bound[:n] }
+func (s *scratch) rowThresholds(n int) []uint32 { s.thr = grow(s.thr, n); return s.thr[:n] }
 
 func grow[T any](x []T, n int) []T {
 	if cap(x) < n {
