@@ -88,7 +88,7 @@ func (s *Shard) Write(ctx context.Context, w io.Writer, progress func(int64)) (i
 		return copyErr
 	})
 	defer finishCopies()
-	ahead := 2 * s.jobs
+	ahead := 4 * s.jobs
 	// Computed blocks wait in memory for the writer: slots bounds how many. Copied runs
 	// hold no memory, and must not keep the workers from the blocks behind them.
 	slots := make(chan struct{}, ahead)

@@ -214,6 +214,10 @@ func (w *modelWriter) shard(ctx context.Context, s *mergeplan.Shard) error {
 		return err
 	}
 	w.staged = append(w.staged, s.Name)
+	if err := preallocate(f, s.Size()); err != nil {
+		f.Close()
+		return err
+	}
 	wb := startWriteback(f)
 	n, err := sh.Write(ctx, f, func(n int64) {
 		w.meter.add(n)

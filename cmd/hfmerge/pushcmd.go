@@ -283,6 +283,11 @@ func (ps *pusher) mergeToFile(ctx context.Context, s *mergeplan.Shard) (string, 
 	if err != nil {
 		return "", "", err
 	}
+	if err := preallocate(f, s.Size()); err != nil {
+		f.Close()
+		os.Remove(path)
+		return "", "", err
+	}
 	h := sha256.New()
 	_, err = sh.Write(ctx, io.MultiWriter(f, h), func(n int64) { ps.meter.addTo("merged", n) })
 	if cerr := f.Close(); err == nil {
