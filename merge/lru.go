@@ -74,3 +74,11 @@ func (c *lru[K, V]) get(key K, fn func() (V, int64, error)) (V, error) {
 	}
 	return e.val, e.err
 }
+
+// has reports whether key is cached or being computed.
+func (c *lru[K, V]) has(key K) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.entries[key]
+	return ok
+}

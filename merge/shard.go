@@ -81,6 +81,7 @@ type Shard struct {
 	jobs    int
 	pool    *sync.Pool
 	blocks  *lru[blockKey, []byte]
+	ahead   *readAhead
 }
 
 type blockKey struct{ tensor, block int }
@@ -154,6 +155,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 		}
 		sh.tensors = append(sh.tensors, m)
 	}
+	sh.ahead = newReadAhead(sh, opts.CacheBytes)
 	return sh, nil
 }
 
@@ -211,18 +213,27 @@ func (s *Shard) readSome(p []byte, off int64) (int, error) {
 		}
 		return n, nil
 	}
-	rowBytes := int64(t.cols * size(t.t.DType))
-	blockBytes := int64(t.blockRows) * rowBytes
-	k := int(rel / blockBytes)
-	b, err := s.blocks.get(blockKey{i, k}, func() ([]byte, int64, error) {
-		r0, r1 := t.span(k)
-		buf := make([]byte, int64(r1-r0)*rowBytes)
-		return buf, int64(len(buf)), s.compute(t, r0, r1, buf)
-	})
+	blockBytes := int64(t.blockRows) * int64(t.cols*size(t.t.DType))
+	key := blockKey{i, int(rel / blockBytes)}
+	b, err := s.blocks.get(key, func() ([]byte, int64, error) { return s.computeBlock(key, true) })
 	if err != nil {
 		return 0, err
 	}
-	return copy(p, b[rel-int64(k)*blockBytes:]), nil
+	s.ahead.read(s, key)
+	return copy(p, b[rel-int64(key.block)*blockBytes:]), nil
+}
+
+// computeBlock computes a block, on every job (split) or on one.
+func (s *Shard) computeBlock(key blockKey, split bool) ([]byte, int64, error) {
+	t := s.tensors[key.tensor]
+	r0, r1 := t.span(key.block)
+	buf := make([]byte, (r1-r0)*t.cols*size(t.t.DType))
+	if !split {
+		acc := s.pool.Get().(*scratch)
+		defer s.pool.Put(acc)
+		return buf, int64(len(buf)), t.block(r0, r1, buf, acc)
+	}
+	return buf, int64(len(buf)), s.compute(t, r0, r1, buf)
 }
 
 // compute fills dst with rows [r0, r1) of t, splitting the rows across the jobs.
