@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Merge speed against the copy floor, in one run: generates a Llama-shaped bf16 model of
-# about 1 GB (hidden 2048, MLP 5632, 8 layers, vocabulary 32000, ~330 MB shards) with
-# LoRA adapters of rank 16 and 64 on all seven projections, then reports the time to
-# copy the shards with dd bs=8M, the time of `hfmerge merge` for each rank (best of 3),
-# their ratios, and peak RSS (GNU time). Needs ~4 GB of disk in WORKDIR.
+# about 1 GB (hidden 2048, MLP 5632, 8 layers, vocabulary 32000; shards of at most 450 MB,
+# evened out: 3 of ~330 MB) with LoRA adapters of rank 16 and 64 on all seven
+# projections, then reports the time to copy the shards with dd bs=8M, the time of
+# `hfmerge merge` for each rank (best of 3 each), their ratios, and peak RSS (GNU time).
+# hfmerge makes its output durable (fsync) before renaming it into place, which plain
+# dd does not; the copy with conv=fsync is printed too, for that floor. Needs ~4 GB of
+# disk in WORKDIR.
 #
 #   scripts/bench.sh [WORKDIR]     (default: a temporary directory, removed afterwards)
 set -euo pipefail
@@ -36,10 +39,10 @@ best() {
 	printf '%.2f' "$b"
 }
 
-copy() {
+copy() { # [dd conversion]
 	mkdir -p "$work/out"
 	for f in "$work"/base/*.safetensors; do
-		dd if="$f" of="$work/out/$(basename "$f")" bs=8M status=none
+		dd if="$f" of="$work/out/$(basename "$f")" bs=8M status=none ${1:+"$1"}
 	done
 }
 
@@ -58,8 +61,11 @@ size=$(du -cb "$work"/base/*.safetensors | tail -1 | cut -f1)
 echo "$("$work/hfmerge" version); $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); kernels: ${HFMERGE_KERNEL:-auto}"
 printf 'model: %.2f GB in %d shards\n' "$(echo "$size/1000000000" | bc -l)" "$(ls "$work"/base/*.safetensors | wc -l)"
 c=$(best copy)
-printf '%-22s %6s s\n' "dd bs=8M copy" "$c"
+printf '%-24s %6s s\n' "dd bs=8M copy" "$c"
+cs=$(best copy conv=fsync)
+printf '%-24s %6s s   %.2fx copy\n' "dd bs=8M conv=fsync copy" "$cs" "$(echo "$cs / $c" | bc -l)"
 for r in 16 64; do
 	m=$(best merge "$r")
-	printf '%-22s %6s s   %.2fx copy   peak RSS %d MB\n' "hfmerge merge, rank $r" "$m" "$(echo "$m / $c" | bc -l)" "$(( $(rss "$r") / 1024 ))"
+	printf '%-24s %6s s   %.2fx copy   %.2fx durable copy   peak RSS %d MB\n' "hfmerge merge, rank $r" "$m" \
+		"$(echo "$m / $c" | bc -l)" "$(echo "$m / $cs" | bc -l)" "$(( $(rss "$r") / 1024 ))"
 done
