@@ -87,7 +87,9 @@ type format struct {
 	drop       uint    // the float64 mantissa bits below the format's precision
 	mask, half uint64  // those bits, and half of them
 	quarterExp uint64  // subtracted from a float64's exponent field: a quarter of the format's unit
-	minNormal  float64 // below this the format is subnormal: always recomputed exactly
+	minNormal  float64 // below this the format is subnormal
+	quantum    float64 // the spacing of its subnormals
+	subSlack   float64 // fast's own error on subnormals, beyond relFloor
 	maxFinite  float64 // at or above this it overflows: always recomputed exactly
 	// relFloor widens every error bound to |x|·relFloor, so that values put by fast are
 	// never within half a float32 unit of a rounding boundary (16-bit formats only).
@@ -101,7 +103,9 @@ func formatFor(d safetensors.DType) *format {
 	var f *format
 	switch d {
 	case safetensors.BF16:
-		f = &format{minNormal: 0x1p-126, maxFinite: 0x1.fep127, relFloor: 0x1p-23,
+		// Subnormal BF16s are float32 subnormals: fast's float32 rounding is off by at
+		// most half of 2⁻¹⁴⁹ there.
+		f = &format{minNormal: 0x1p-126, maxFinite: 0x1.fep127, relFloor: 0x1p-23, quantum: 0x1p-133, subSlack: 0x1p-149,
 			put: func(dst []byte, x float64) {
 				binary.LittleEndian.PutUint16(dst, bf16Bits(roundOdd32(x)))
 			},
@@ -112,7 +116,7 @@ func formatFor(d safetensors.DType) *format {
 			}}
 		f.setDrop(45)
 	case safetensors.F16:
-		f = &format{minNormal: 0x1p-14, maxFinite: 65504, relFloor: 0x1p-23,
+		f = &format{minNormal: 0x1p-14, maxFinite: 65504, relFloor: 0x1p-23, quantum: 0x1p-24,
 			put: func(dst []byte, x float64) {
 				binary.LittleEndian.PutUint16(dst, float16.Fromfloat32(roundOdd32(x)).Bits())
 			},
@@ -124,7 +128,7 @@ func formatFor(d safetensors.DType) *format {
 		put := func(dst []byte, x float64) {
 			binary.LittleEndian.PutUint32(dst, math.Float32bits(float32(x)))
 		}
-		f = &format{minNormal: 0x1p-126, maxFinite: math.MaxFloat32, put: put, fast: put}
+		f = &format{minNormal: 0x1p-126, maxFinite: math.MaxFloat32, quantum: 0x1p-149, put: put, fast: put}
 		f.setDrop(29)
 	}
 	return f
@@ -142,9 +146,18 @@ func (f *format) setDrop(drop uint) {
 // neighbours of the format) is within e, or x is outside the format's normal range.
 // Boundaries inside x's binade sit where the dropped mantissa bits are exactly one half;
 // the nearest boundary outside it is at least a quarter of a unit away.
+//
+// Below the smallest normal the format's values are multiples of a fixed quantum, and
+// the boundaries halfway between them; an x whose interval reaches zero is near, for
+// the sign of a zero result.
 func (f *format) near(x, e float64) bool {
 	bits := math.Float64bits(x) &^ (1 << 63)
 	a := math.Float64frombits(bits)
+	if a > 0 && a < f.minNormal {
+		n := a / f.quantum // exact: a power of two
+		e += max(a*f.relFloor, f.subSlack)
+		return e >= a || math.Abs(n-math.Floor(n)-0.5)*f.quantum <= e
+	}
 	if !(a >= f.minNormal && a < f.maxFinite) {
 		return true
 	}
