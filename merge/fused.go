@@ -40,7 +40,7 @@ func (m *tensor) fusedBlock(r0, r1 int, raw, dst []byte, acc *scratch) error {
 
 // fusedKernel is the kernel's fused form for this tensor's types, or nil.
 func (m *tensor) fusedKernel() func(*fusedArgs) {
-	if m.kern.fused == nil {
+	if m.kern.fused == nil || m.t.Deltas[0].Rank < 1 { // the kernels' loops need a rank
 		return nil
 	}
 	in, out := m.t.Source.DType, m.t.DType
