@@ -54,9 +54,9 @@ func (m *tensor) fusedKernel() func(*fusedArgs) {
 // offsets of its fields from this declaration). The vectors hold one constant four
 // times, so that the kernels can use them as memory operands.
 //
-// For each element of columns [0, width) a kernel computes p = Σₖ L[o,k]·R[k,j] as the
-// Go kernel does, t = s·p and v = w + t. The error of v is at most bound[o] + |v|·2⁻⁵³,
-// where bound[o] covers the product's error and the rounding of s·p (see fusedAsm). The
+// For each element of columns [0, width) a kernel computes p = Σₖ L[o,k]·R[k,j] in a
+// chain of fused multiply-adds, L holding s·L, and v = w + p. The error of v is at most
+// bound[o] + |v|·2⁻⁵³, where bound[o] covers the product's (see fusedAsm). The
 // kernel widens it to e = c1·|v| + bound[o], where
 // c1 = relFloor + 2⁻⁵⁰ also covers its own roundings, and writes v rounded to the output
 // (format.fast) unless a rounding boundary lies within e of |v|, or |v| is outside the
@@ -116,12 +116,13 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 	rows, strips := r1-r0, width/8
 	flags := acc.flagBytes(rows * strips)
 	clear(flags) // the kernel writes only the rows it flags
-	L := packRows(acc.packed(rows*d.Rank), f.L[r0*d.Rank:r1*d.Rank], rows, d.Rank)
-	// |p - P| ≤ γ·rowNorm·colNorm (see gamma), and |s·p| ≤ |s|·(1+γ)·rowNorm·colNorm,
-	// whose rounding is half a unit in the 53rd bit: both within
-	// |s|·maxColNorm·(γ + 2⁻⁵²)·rowNorm, and tiny covers underflow.
+	L := packRows(acc.packed(rows*d.Rank), f.L[r0*d.Rank:r1*d.Rank], rows, d.Rank, d.Scale)
+	// The kernels take p = Σₖ fl(s·L[o,k])·R[k,j] for s·P: rounding s·L costs at most
+	// 2⁻⁵³·|s|·Σ|L·R|, and the chain γ·|s|·Σ|L·R|·(1 + 2⁻⁵³) (see gamma), both within
+	// |s|·maxColNorm·(γ + 2⁻⁵¹)·rowNorm; tiny covers underflow, of s·L too.
 	as := math.Abs(d.Scale)
-	c, tiny := as*f.maxColNorm*(gamma(d.Rank)+0x1p-52), as*float64(d.Rank+1)*0x1p-1000
+	c := as * f.maxColNorm * (gamma(d.Rank) + 0x1p-51)
+	tiny := as*float64(d.Rank+1)*0x1p-1000 + float64(d.Rank+1)*0x1p-1074*f.maxColNorm
 	bound := acc.rowBounds(rows)
 	for o := range bound {
 		bound[o] = c*f.rowNorm[r0+o] + tiny
@@ -139,7 +140,7 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 		panel: max(8, 2048/d.Rank&^7),
 		inRow: m.cols * size(m.t.Source.DType), outRow: m.cols * size(m.t.DType),
 		inSize: size(m.t.Source.DType), outSize: size(m.t.DType),
-		s: splat(d.Scale), c1: splat(fm.relFloor + 0x1p-50),
+		c1:   splat(fm.relFloor + 0x1p-50),
 		half: splat(fm.half), halfm1: splat(fm.half - 1),
 		minNormal: splat(math.Float64bits(fm.minNormal) - 1),
 		maxFinite: splat(math.Float64bits(fm.maxFinite) + fm.half),
@@ -184,19 +185,22 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 	return nil
 }
 
-// packRows lays L's rows out for the fused kernels: in groups of 6, the 6 values of each
-// k together, then the last rows (rows mod 6) as they are.
-func packRows(dst, L []float64, rows, r int) []float64 {
+// packRows lays s·L's rows out for the fused kernels: in groups of 6, the 6 values of
+// each k together, then the last rows (rows mod 6) as they are. With the scale in L,
+// the kernels add the product to W as it is.
+func packRows(dst, L []float64, rows, r int, s float64) []float64 {
 	g := rows / 6 * 6
 	for o := 0; o < g; o += 6 {
 		out := dst[o*r : (o+6)*r]
 		for k := 0; k < r; k++ {
 			for i := 0; i < 6; i++ {
-				out[k*6+i] = L[(o+i)*r+k]
+				out[k*6+i] = s * L[(o+i)*r+k]
 			}
 		}
 	}
-	copy(dst[g*r:rows*r], L[g*r:rows*r])
+	for i, x := range L[g*r : rows*r] {
+		dst[g*r+i] = s * x
+	}
 	return dst[:rows*r]
 }
 

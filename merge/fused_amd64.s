@@ -22,7 +22,6 @@
 #define A_INSIZE 120
 #define A_OUTSIZE 128
 #define A_ANY 136
-#define A_S 144
 #define A_ZERO 368
 #define A_C1 176
 #define A_HALF 208
@@ -47,7 +46,7 @@
 // kernel does; they go to a.tmp, and the epilogue takes the group row by row, 8
 // elements at a time.
 //
-// The epilogue: w decoded, t = s·p, v = w + t, the bound e = c1·|v| + bound[o],
+// The epilogue: w decoded, v = w + p (L carries the scale), the bound e = c1·|v| + bound[o],
 // and the interval [|v| - e, |v| + e]. Where the output's values are normal, they are
 // the float64s whose low drop mantissa bits are zero, and the rounding boundaries
 // between them those whose low bits are exactly half: so the interval holds no boundary
@@ -215,20 +214,17 @@ epi:
 	VMOVDQU A_LOW32(DI), Y11
 	VMOVDQU A_MID32(DI), Y12
 	VMOVDQU A_TOL32(DI), Y13
-	VMOVUPD A_S(DI), Y14
 	VMOVDQU A_ROUND(DI), Y15
+	VPXOR   Y7, Y7, Y7
 
 row:
 	VPBROADCASTD (R11), Y10
-	VPMOVZXWD    (SI), Y0
-	VPSLLD       $16, Y0, Y0
-	VEXTRACTF128 $1, Y0, X4
-	VCVTPS2PD    X0, Y0
-	VCVTPS2PD    X4, Y4
-	VMULPD      (R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VPUNPCKLWD (SI), X7, X0
+	VPUNPCKHWD (SI), X7, X4
+	VCVTPS2PD  X0, Y0
+	VCVTPS2PD  X4, Y4
+	VADDPD      (R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VCVTPD2PSY  Y0, X0
 	VCVTPD2PSY  Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -432,20 +428,17 @@ epi:
 	VMOVDQU A_LOW32(DI), Y11
 	VMOVDQU A_MID32(DI), Y12
 	VMOVDQU A_TOL32(DI), Y13
-	VMOVUPD A_S(DI), Y14
 	VMOVDQU A_ROUND(DI), Y15
+	VPXOR   Y7, Y7, Y7
 
 row:
 	VPBROADCASTD (R11), Y10
-	VPMOVZXWD    (SI), Y0
-	VPSLLD       $16, Y0, Y0
-	VEXTRACTF128 $1, Y0, X4
-	VCVTPS2PD    X0, Y0
-	VCVTPS2PD    X4, Y4
-	VMULPD      (R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VPUNPCKLWD (SI), X7, X0
+	VPUNPCKHWD (SI), X7, X4
+	VCVTPS2PD  X0, Y0
+	VCVTPS2PD  X4, Y4
+	VADDPD      (R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VCVTPD2PSY  Y0, X0
 	VCVTPD2PSY  Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -645,7 +638,6 @@ epi:
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
-	VMOVUPD  A_S(DI), Y14
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 
@@ -656,10 +648,8 @@ row:
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
 	VCVTPS2PD    X4, Y4
-	VMULPD      0(R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      0(R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VANDNPD     Y0, Y15, Y1
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
@@ -883,8 +873,8 @@ epi:
 	VMOVDQU A_LOW32(DI), Y11
 	VMOVDQU A_MID32(DI), Y12
 	VMOVDQU A_TOL32(DI), Y13
-	VMOVUPD A_S(DI), Y14
 	VMOVDQU A_ROUND(DI), Y15
+	VPXOR   Y7, Y7, Y7
 
 row:
 	VPBROADCASTD (R11), Y10
@@ -892,10 +882,8 @@ row:
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
 	VCVTPS2PD    X4, Y4
-	VMULPD      (R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      (R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VCVTPD2PSY  Y0, X0
 	VCVTPD2PSY  Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -1099,8 +1087,8 @@ epi:
 	VMOVDQU A_LOW32(DI), Y11
 	VMOVDQU A_MID32(DI), Y12
 	VMOVDQU A_TOL32(DI), Y13
-	VMOVUPD A_S(DI), Y14
 	VMOVDQU A_ROUND(DI), Y15
+	VPXOR   Y7, Y7, Y7
 
 row:
 	VPBROADCASTD (R11), Y10
@@ -1108,10 +1096,8 @@ row:
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
 	VCVTPS2PD    X4, Y4
-	VMULPD      (R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      (R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VCVTPD2PSY  Y0, X0
 	VCVTPD2PSY  Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -1311,7 +1297,6 @@ epi:
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
-	VMOVUPD  A_S(DI), Y14
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 
@@ -1321,10 +1306,8 @@ row:
 	VEXTRACTF128 $1, Y0, X4
 	VCVTPS2PD    X0, Y0
 	VCVTPS2PD    X4, Y4
-	VMULPD      0(R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      0(R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VANDNPD     Y0, Y15, Y1
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2
@@ -1548,17 +1531,15 @@ epi:
 	VMOVDQU A_LOW32(DI), Y11
 	VMOVDQU A_MID32(DI), Y12
 	VMOVDQU A_TOL32(DI), Y13
-	VMOVUPD A_S(DI), Y14
 	VMOVDQU A_ROUND(DI), Y15
+	VPXOR   Y7, Y7, Y7
 
 row:
 	VPBROADCASTD (R11), Y10
 	VCVTPS2PD (SI), Y0
 	VCVTPS2PD 16(SI), Y4
-	VMULPD      (R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      (R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VCVTPD2PSY  Y0, X0
 	VCVTPD2PSY  Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -1762,17 +1743,15 @@ epi:
 	VMOVDQU A_LOW32(DI), Y11
 	VMOVDQU A_MID32(DI), Y12
 	VMOVDQU A_TOL32(DI), Y13
-	VMOVUPD A_S(DI), Y14
 	VMOVDQU A_ROUND(DI), Y15
+	VPXOR   Y7, Y7, Y7
 
 row:
 	VPBROADCASTD (R11), Y10
 	VCVTPS2PD (SI), Y0
 	VCVTPS2PD 16(SI), Y4
-	VMULPD      (R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      (R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VCVTPD2PSY  Y0, X0
 	VCVTPD2PSY  Y4, X4
 	VINSERTF128 $1, X4, Y0, Y0
@@ -1972,7 +1951,6 @@ epi:
 	VMOVDQU  A_HALFM1(DI), Y11
 	VMOVDQU  A_HALF(DI), Y12
 	VMOVUPD  A_C1(DI), Y13
-	VMOVUPD  A_S(DI), Y14
 	VPCMPEQQ Y15, Y15, Y15
 	VPSLLQ   $63, Y15, Y15
 
@@ -1980,10 +1958,8 @@ row:
 	VBROADCASTSD (R11), Y10
 	VCVTPS2PD (SI), Y0
 	VCVTPS2PD 16(SI), Y4
-	VMULPD      0(R15), Y14, Y1
-	VMULPD      32(R15), Y14, Y5
-	VADDPD      Y1, Y0, Y0
-	VADDPD      Y5, Y4, Y4
+	VADDPD      0(R15), Y0, Y0
+	VADDPD      32(R15), Y4, Y4
 	VANDNPD     Y0, Y15, Y1
 	VANDNPD     Y4, Y15, Y5
 	VMOVAPD     Y1, Y2

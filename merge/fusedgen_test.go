@@ -65,7 +65,7 @@ func fusedSource() (asm, decl []byte) {
 		{"STRIPS", unsafe.Pointer(&a.strips)}, {"PANEL", unsafe.Pointer(&a.panel)},
 		{"PANEL0", unsafe.Pointer(&a.panel0)}, {"PANEL1", unsafe.Pointer(&a.panel1)}, {"INROW", unsafe.Pointer(&a.inRow)}, {"OUTROW", unsafe.Pointer(&a.outRow)},
 		{"INSIZE", unsafe.Pointer(&a.inSize)}, {"OUTSIZE", unsafe.Pointer(&a.outSize)}, {"ANY", unsafe.Pointer(&a.any)},
-		{"S", unsafe.Pointer(&a.s)}, {"ZERO", unsafe.Pointer(&a.zero)},
+		{"ZERO", unsafe.Pointer(&a.zero)},
 		{"C1", unsafe.Pointer(&a.c1)}, {"HALF", unsafe.Pointer(&a.half)}, {"HALFM1", unsafe.Pointer(&a.halfm1)},
 		{"MINNORMAL", unsafe.Pointer(&a.minNormal)}, {"MAXFINITE", unsafe.Pointer(&a.maxFinite)},
 		{"ROUND", unsafe.Pointer(&a.round)}, {"TMP", unsafe.Pointer(&a.tmp)},
@@ -84,7 +84,7 @@ func fusedSource() (asm, decl []byte) {
 // kernel does; they go to a.tmp, and the epilogue takes the group row by row, 8
 // elements at a time.
 //
-// The epilogue: w decoded, t = s·p, v = w + t, the bound e = c1·|v| + bound[o],
+// The epilogue: w decoded, v = w + p (L carries the scale), the bound e = c1·|v| + bound[o],
 // and the interval [|v| - e, |v| + e]. Where the output's values are normal, they are
 // the float64s whose low drop mantissa bits are zero, and the rounding boundaries
 // between them those whose low bits are exactly half: so the interval holds no boundary
@@ -271,16 +271,14 @@ func epilogue16(w func(string, ...any), in, out fusedKind) {
 	w("\tVMOVDQU A_LOW32(DI), Y11")
 	w("\tVMOVDQU A_MID32(DI), Y12")
 	w("\tVMOVDQU A_TOL32(DI), Y13")
-	w("\tVMOVUPD A_S(DI), Y14")
 	w("\tVMOVDQU A_ROUND(DI), Y15")
+	w("\tVPXOR   Y7, Y7, Y7")
 	w("")
 	w("row:")
 	w("\tVPBROADCASTD (R11), Y10")
-	decode(w, in)
-	w("\tVMULPD      (R15), Y14, Y1")
-	w("\tVMULPD      32(R15), Y14, Y5")
-	w("\tVADDPD      Y1, Y0, Y0")
-	w("\tVADDPD      Y5, Y4, Y4")
+	decode(w, in, "X7")
+	w("\tVADDPD      (R15), Y0, Y0")
+	w("\tVADDPD      32(R15), Y4, Y4")
 	w("\tVCVTPD2PSY  Y0, X0")
 	w("\tVCVTPD2PSY  Y4, X4")
 	w("\tVINSERTF128 $1, X4, Y0, Y0")
@@ -323,22 +321,20 @@ func epilogue64(w func(string, ...any), in, out fusedKind) {
 	w("\tVMOVDQU  A_HALFM1(DI), Y11")
 	w("\tVMOVDQU  A_HALF(DI), Y12")
 	w("\tVMOVUPD  A_C1(DI), Y13")
-	w("\tVMOVUPD  A_S(DI), Y14")
 	w("\tVPCMPEQQ Y15, Y15, Y15")
 	w("\tVPSLLQ   $63, Y15, Y15")
 	w("")
 	w("row:")
 	w("\tVBROADCASTSD (R11), Y10")
-	decode(w, in)
+	decode(w, in, "")
 	q := [2][4]int{{0, 1, 2, 3}, {4, 5, 6, 7}}
 	both := func(format string, f func(r [4]int, k int) []any) {
 		for k, r := range q {
 			w(format, f(r, k)...)
 		}
 	}
-	both("\tVMULPD      %d(R15), Y14, Y%d", func(r [4]int, k int) []any { return []any{32 * k, r[1]} }) // t
-	both("\tVADDPD      Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[1], r[0], r[0]} }) // v
-	both("\tVANDNPD     Y%d, Y15, Y%d", func(r [4]int, k int) []any { return []any{r[0], r[1]} })       // |v|
+	both("\tVADDPD      %d(R15), Y%d, Y%d", func(r [4]int, k int) []any { return []any{32 * k, r[0], r[0]} }) // v
+	both("\tVANDNPD     Y%d, Y15, Y%d", func(r [4]int, k int) []any { return []any{r[0], r[1]} })             // |v|
 	both("\tVMOVAPD     Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[1], r[2]} })
 	both("\tVFMADD213PD Y10, Y13, Y%d", func(r [4]int, k int) []any { return []any{r[2]} })             // e
 	both("\tVSUBPD      Y%d, Y%d, Y%d", func(r [4]int, k int) []any { return []any{r[2], r[1], r[3]} }) // low
@@ -387,8 +383,18 @@ func rowPointer(w func(string, ...any), row, size, base, reg string) {
 	w("\tMOVQ  AX, %s", reg)
 }
 
-// decode reads 8 elements at SI into Y0 and Y4 as float64s.
-func decode(w func(string, ...any), k fusedKind) {
+// decode reads 8 elements at SI into Y0 and Y4 as float64s; zero, if not empty, is a
+// register holding zeros, which BF16 can interleave with instead of widening and
+// shifting across lanes.
+func decode(w func(string, ...any), k fusedKind, zero string) {
+	switch {
+	case k.name == "BF16" && zero != "":
+		w("\tVPUNPCKLWD (SI), %s, X0", zero)
+		w("\tVPUNPCKHWD (SI), %s, X4", zero)
+		w("\tVCVTPS2PD  X0, Y0")
+		w("\tVCVTPS2PD  X4, Y4")
+		return
+	}
 	switch k.name {
 	case "BF16":
 		w("\tVPMOVZXWD    (SI), Y0")
