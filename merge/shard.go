@@ -54,8 +54,9 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 		var f int64
 		for _, d := range t.Deltas {
 			rows, cols := t.Rows(), t.Cols()
-			// L and R, their norms, and the transposed copy made while loading.
-			f += int64(d.Rank)*(rows+cols)*8*2 + (rows+cols)*8
+			// L and R, their norms, the transposed copy made while loading, and R
+			// packed for the fused kernels.
+			f += int64(d.Rank)*(rows+cols)*8*3 + (rows+cols)*8
 		}
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
