@@ -13,7 +13,7 @@ import (
 // fusedBlock computes rows [r0, r1) of the common tensor: one low-rank delta, no trained
 // rows, no DoRA. Each element is W + s·(L·R), computed in float64 with a bound on its
 // error, and rounded at once unless the bound reaches a rounding boundary; the elements
-// it cannot settle are recomputed exactly (settle).
+// it cannot settle are computed again (settle), exactly if need be.
 //
 // A kernel with fused forms does the columns it covers (all but the last cols mod 8)
 // in one pass that keeps the product out of memory; the Go loop does the rest.
@@ -60,8 +60,9 @@ func (m *tensor) fusedKernel() func(*fusedArgs) {
 // kernel widens it to e = c1·|v| + bound[o], where
 // c1 = relFloor + 2⁻⁵⁰ also covers its own roundings, and writes v rounded to the output
 // (format.fast) unless a rounding boundary lies within e of |v|, or |v| is outside the
-// output's normal range. Then it sets the element's bit in flags (a byte for each row and
-// strip of 8 columns) and any.
+// output's normal range (for 16-bit outputs the test is another, on v rounded to
+// float32: see thr below). Then it sets the element's bit in flags (a byte for each row
+// and strip of 8 columns) and any.
 type fusedArgs struct {
 	out, in    *byte
 	L          *float64 // packed by packRows
@@ -80,7 +81,7 @@ type fusedArgs struct {
 	outSize    int
 	any        int
 
-	s, c1        [4]float64
+	c1           [4]float64
 	half, halfm1 [4]uint64 // the output's rounding boundaries: half a unit of drop bits
 	minNormal    [4]uint64 // the bits of the output's smallest normal, less one
 	maxFinite    [4]uint64 // the bits of its largest finite value, plus half

@@ -22,20 +22,20 @@
 #define A_INSIZE 120
 #define A_OUTSIZE 128
 #define A_ANY 136
-#define A_ZERO 368
-#define A_C1 176
-#define A_HALF 208
-#define A_HALFM1 240
-#define A_MINNORMAL 272
-#define A_MAXFINITE 304
-#define A_ROUND 336
-#define A_TMP 400
-#define A_THR 784
-#define A_ABS32 792
-#define A_MAX32 824
-#define A_LOW32 856
-#define A_MID32 888
-#define A_TOL32 920
+#define A_ZERO 336
+#define A_C1 144
+#define A_HALF 176
+#define A_HALFM1 208
+#define A_MINNORMAL 240
+#define A_MAXFINITE 272
+#define A_ROUND 304
+#define A_TMP 368
+#define A_THR 752
+#define A_ABS32 760
+#define A_MAX32 792
+#define A_LOW32 824
+#define A_MID32 856
+#define A_TOL32 888
 
 // Each kernel computes a fused row block (see fusedArgs) panel by panel of columns,
 // [panel0, panel1), whose strips of R stay in the first-level cache while every row
