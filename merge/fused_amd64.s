@@ -42,25 +42,34 @@
 // passes. In a panel, the rows go by in groups of 6, then one by one, and each group
 // strip by strip of 8 columns, left to right, so that the group's input and output are
 // read and written in order. For a group and strip, twelve accumulators start at -0 and
-// take, for k = 0, 1, ..., r-1 in order, acc = fma(L[o, k], R[k, j], acc), as the Go
-// kernel does; they go to a.tmp, and the epilogue takes the group row by row, 8
-// elements at a time.
+// take, for k = 0, 1, ..., r-1 in order, acc = fma(s·L[o, k], R[k, j], acc); they go to
+// a.tmp, and the epilogue takes the group row by row, 8 elements at a time.
 //
-// The epilogue: w decoded, v = w + p (L carries the scale), the bound e = c1·|v| + bound[o],
-// and the interval [|v| - e, |v| + e]. Where the output's values are normal, they are
-// the float64s whose low drop mantissa bits are zero, and the rounding boundaries
-// between them those whose low bits are exactly half: so the interval holds no boundary
-// when its ends, as integers plus half (less one for the low end), agree above bit drop.
-// The low end must also be a normal of the output, and the high end below its largest
-// finite value, or the element is flagged. NaN and infinities fail one of these.
+// The epilogue, for a float32 output (epilogue64): w decoded, v = w + p (L carries
+// the scale), the bound e = c1·|v| + bound[o], and the interval [|v| - e, |v| + e].
+// Where the output's values are normal, they are the float64s whose low drop mantissa
+// bits are zero, and the rounding boundaries between them those whose low bits are
+// exactly half: so the interval holds no boundary when its ends, as integers plus half
+// (less one for the low end), agree above bit drop. The low end must also be a normal
+// of the output, and the high end below its largest finite value, or the element is
+// flagged. NaN and infinities fail one of these.
+//
+// For a 16-bit output (epilogue16), v is rounded to float32 first, x; the output's
+// rounding boundaries are float32s too, those whose low drop bits are exactly half.
+// Rounding is monotone, so if x is at least 3 units (of x) from the nearest boundary,
+// and the bound of v's error with the half unit of x's rounding is within that, then v,
+// x and the exact value lie between the same two boundaries, and x rounds as the exact
+// value does. In x's binade that distance is |low - half|, where low are x's low drop
+// bits; the nearest boundary below a power of two is a quarter of the binade's unit
+// below it, farther than the 3 units asked for. thr[o] keeps |x| at least 2²⁴ times the
+// row's bound, so that the bound is within one unit, and at least the smallest normal
+// of the output; max32 keeps it finite.
 //
 // Registers: DI the arguments, R12 j0, R13 o, R8 the rows of the group, R14 the flags
-// set so far. Product: AX the
-// strip of R, BX the rows of L, CX k counting down, Y12 Y13 R[k, j0:j0+8], Y14 L[o, k],
-// Y15 -0. Epilogue: SI DX the row in the input and output, R15 its products in tmp, R10
-// its flags, R11 its bound, R9 the rows left; Y8 maxFinite, Y9 minNormal, Y10 bound,
-// Y11 half-1, Y12 half, Y13 c1, Y14 s, Y15 the sign mask; Y0-Y3 and Y4-Y7 the two
-// quarters of the row.
+// set so far. Product: AX the strip of R, BX the rows of L, CX k counting down, Y12 Y13
+// R[k, j0:j0+8], Y14 L[o, k], Y15 -0. Epilogue: SI DX the row in the input and output,
+// R15 its products in tmp, R10 its flags, R11 its bound or threshold, R9 the rows left,
+// Y0-Y7 the row's values, Y8-Y15 constants (see each epilogue).
 
 // func fusedBF16toBF16(a *fusedArgs)
 TEXT ·fusedBF16toBF16(SB), NOSPLIT, $0-8
