@@ -3,44 +3,16 @@ package merge
 import (
 	"bytes"
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/hfmerge/hfmerge/internal/fixture"
-	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
 
-// aheadShard is a shard of one 2048-row weight with a LoRA: 5 blocks of 384 rows.
+// aheadShard is a shard of one 2048-row weight with a LoRA: blocks of 408 rows.
 func aheadShard(t *testing.T) *Shard {
 	t.Helper()
-	m := &fixture.Model{Config: map[string]any{"model_type": "llama"}}
-	rnd := fixture.NewRand(3)
-	m.Tensors = []*fixture.Tensor{{Name: "layer.proj.weight", DType: safetensors.BF16, Shape: []int64{2048, 640},
-		Values: rnd.Normal(2048*640, 0.02, safetensors.BF16)}}
-	a := fixture.NewAdapter(8, 16, "proj")
-	a.Linear("layer.proj", 2048, 640, 8, safetensors.F32, rnd)
-	dir := t.TempDir()
-	if err := m.Write(filepath.Join(dir, "base")); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Write(filepath.Join(dir, "adapter")); err != nil {
-		t.Fatal(err)
-	}
-	in, files, closeAll, err := fixture.Open(filepath.Join(dir, "base"), filepath.Join(dir, "adapter"), mergeplan.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(closeAll)
-	p := mergeplan.Build(in)
-	if !p.OK() {
-		t.Fatal(p.Problems)
-	}
-	sh, err := New(&p.Shards[0], files, Options{Jobs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sh := oneWeight(t, safetensors.BF16, 2048, 640, 8, Options{Jobs: 2})
 	if n := len(sh.ahead.order); n < 4 {
 		t.Fatalf("%d blocks; the test needs several", n)
 	}

@@ -45,35 +45,43 @@ func BenchmarkKernels(b *testing.B) {
 	}
 }
 
-// benchTensor prepares a (rows, cols) weight with a rank-r LoRA for the named kernel.
-func benchTensor(b *testing.B, kernel string, dt safetensors.DType, rows, cols int64, rank int) *tensor {
-	b.Helper()
+// oneWeight is the merged shard of a model with one (rows, cols) weight, normal with a
+// deviation of 0.02, and a rank-r LoRA (scale 1) on it.
+func oneWeight(tb testing.TB, dt safetensors.DType, rows, cols int64, rank int, opts Options) *Shard {
+	tb.Helper()
 	m := &fixture.Model{Config: map[string]any{"model_type": "llama"}}
 	rnd := fixture.NewRand(1)
 	m.Tensors = []*fixture.Tensor{{Name: "layer.proj.weight", DType: dt, Shape: []int64{rows, cols},
 		Values: rnd.Normal(int(rows*cols), 0.02, dt)}}
 	a := fixture.NewAdapter(rank, float64(rank), "proj")
 	a.Linear("layer.proj", rows, cols, rank, safetensors.F32, rnd)
-	dir := b.TempDir()
+	dir := tb.TempDir()
 	if err := m.Write(filepath.Join(dir, "base")); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := a.Write(filepath.Join(dir, "adapter")); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	in, files, closeAll, err := fixture.Open(filepath.Join(dir, "base"), filepath.Join(dir, "adapter"), mergeplan.Options{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	b.Cleanup(closeAll)
+	tb.Cleanup(closeAll)
 	p := mergeplan.Build(in)
 	if !p.OK() {
-		b.Fatal(p.Problems)
+		tb.Fatal(p.Problems)
 	}
-	sh, err := New(&p.Shards[0], files, Options{Jobs: 1, Kernel: kernel})
+	sh, err := New(&p.Shards[0], files, opts)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
+	return sh
+}
+
+// benchTensor prepares a (rows, cols) weight with a rank-r LoRA for the named kernel.
+func benchTensor(b *testing.B, kernel string, dt safetensors.DType, rows, cols int64, rank int) *tensor {
+	b.Helper()
+	sh := oneWeight(b, dt, rows, cols, rank, Options{Jobs: 1, Kernel: kernel})
 	for _, t := range sh.tensors {
 		if !t.t.Copy() {
 			return t
