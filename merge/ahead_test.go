@@ -73,3 +73,35 @@ func TestReadAhead(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestReadAheadReaders: two readers going in order through their own parts, as the
+// parts of a multipart upload do, each find the blocks after theirs computed.
+func TestReadAheadReaders(t *testing.T) {
+	sh := aheadShard(t)
+	if len(sh.ahead.order) < 5 {
+		t.Fatalf("%d blocks; the test needs 5", len(sh.ahead.order))
+	}
+	at := func(i int) int64 {
+		k := sh.ahead.order[i]
+		m := sh.tensors[k.tensor]
+		return m.off + int64(k.block*m.blockRows*m.cols*size(m.t.DType))
+	}
+	p := make([]byte, 10)
+	for _, off := range []int64{at(1), at(3), at(1) + 10, at(3) + 10} { // interleaved
+		if _, err := sh.ReadAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second) // a bound on waiting, not on speed
+	for _, i := range []int{2, 4} {
+		for !sh.blocks.has(sh.ahead.order[i]) {
+			if time.Now().After(deadline) {
+				t.Fatalf("block %d, after a reader's, was not computed ahead", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for len(sh.ahead.slots) > 0 {
+		time.Sleep(time.Millisecond)
+	}
+}
