@@ -246,26 +246,32 @@ func TestRemoteFile(t *testing.T) {
 	defer r.Close()
 	want := files["model.safetensors"]
 	got := make([]byte, len(want))
-	// Readers a little out of order, as merge workers are.
-	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for off := int64(w * 10_000); off < int64(len(want)); off += 40_000 {
+	// Readers a little out of order, as merge workers are: four at once, in rounds of
+	// 40 kB, so that none falls further behind than the pipeline lets a worker (readers
+	// left to drift apart by more than the read-ahead find their chunks dropped, and
+	// fetch them again).
+	for round := int64(0); round < int64(len(want)); round += 40_000 {
+		var wg sync.WaitGroup
+		errs := make([]error, 4)
+		for w := 0; w < 4; w++ {
+			off := round + int64(w*10_000)
+			if off >= int64(len(want)) {
+				break
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
 				n := min(10_000, int64(len(want))-off)
 				if _, err := r.ReadAt(got[off:off+n], off); err != nil && err != io.EOF {
 					errs[w] = err
-					return
 				}
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
 			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
 		}
 	}
 	if !bytes.Equal(got, want) {
