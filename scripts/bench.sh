@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Merge speed against the copy floor, in one run: generates a Llama-shaped bf16 model of
 # about 1 GB (hidden 2048, MLP 5632, 8 layers, vocabulary 32000; shards of at most 450 MB,
-# evened out: 3 of ~330 MB) with LoRA adapters of rank 16 and 64 on all seven
+# as Transformers' max_shard_size cuts them) with LoRA adapters of rank 16 and 64 on all seven
 # projections, then reports the time to copy the shards with dd bs=8M, the time of
 # `hfmerge merge` for each rank (best of 3 each), their ratios, and peak RSS (GNU time).
 # hfmerge makes its output durable (fsync) before renaming it into place, which plain

@@ -19,7 +19,7 @@ func main() {
 	inter := flag.Int("intermediate", 5632, "MLP size")
 	layers := flag.Int("layers", 8, "decoder layers")
 	vocab := flag.Int("vocab", 32000, "vocabulary")
-	shard := flag.Int64("shard-mb", 450, "target shard size in MB")
+	shard := flag.Int64("shard-mb", 450, "largest shard in MB (10⁶ bytes), as Transformers' max_shard_size")
 	rank := flag.Int("rank", 16, "LoRA rank")
 	seed := flag.Uint64("seed", 1, "random seed")
 	adapterOnly := flag.Bool("adapter-only", false, "write only the adapter (the base is the same for every rank)")
@@ -34,7 +34,7 @@ func main() {
 	for _, t := range m.Tensors {
 		total += t.Bytes()
 	}
-	m.Split(int(max(1, (total+*shard<<20-1)/(*shard<<20))))
+	m.SplitMax(*shard * 1000 * 1000)
 	a := fixture.NewAdapter(*rank, float64(2**rank), "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 	a.Config["base_model_name_or_path"] = "bench/llama"
 	r := fixture.NewRand(*seed + 1)
