@@ -5,8 +5,9 @@
 //
 // Numbers: every output element is W + Σ s·(L·R) rounded once to the output dtype, to
 // nearest, ties to even. The product is computed in float64 with a rigorous error bound
-// per element, and the few elements whose bound reaches a rounding boundary are
-// recomputed in double-double, so each is the correctly rounded exact value. DoRA's
+// per element (in the fused kernels, per row), and the few elements whose bound reaches
+// a rounding boundary are recomputed, in double-double if need be, so each is the
+// correctly rounded exact value, whichever kernel ran. DoRA's
 // V = W + ΔW, norms and rescale are computed in float64 in a fixed order, then rounded
 // once. Tensors nothing touches are copied byte for byte.
 package merge
