@@ -54,7 +54,7 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 			f.maxColNorm = max(f.maxColNorm, f.colNorm[j])
 		}
 		f.L, f.R = L, R
-		if m.fused && m.kern.fused != nil {
+		if m.fused && m.fusedKernel() != nil {
 			f.strips = pack(R, d.Rank, m.cols)
 		}
 	}

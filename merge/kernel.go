@@ -26,8 +26,8 @@ func gamma(r int) float64 {
 // Starting from -0 keeps a weight whose delta is exactly zero bit-identical.
 //
 // fused, where a kernel has it, computes a whole row block of the common case (one
-// low-rank delta, nothing else) in one pass: product, sum, error bound and rounding,
-// without the product ever leaving the registers; see fusedArgs.
+// low-rank delta, nothing else) in one pass over cache-sized tiles: product, sum, error
+// bound and rounding, without a block-sized array of products; see fusedArgs.
 type kernel struct {
 	name    string
 	product func(acc, L, R []float64, rows, cols, r int)
