@@ -2,6 +2,7 @@ package mergeplan
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 
@@ -44,6 +45,7 @@ func (b *builder) assemble() {
 			continue
 		}
 		s.Layout = l
+		s.same = !s.Changed() && l.Size == f.Header.Size && sha256.Sum256(l.Prefix) == f.Header.PrefixSHA256
 		b.p.Shards = append(b.p.Shards, s)
 	}
 	if !b.p.OK() {

@@ -262,3 +262,23 @@ func shapeString(s []int64) string {
 	}
 	return "(" + strings.Join(parts, ", ") + ")"
 }
+
+// ShardNames lists, sorted, the weight files a model's index names, refusing names that
+// are not plain files of the model directory. Build reads the index the same way.
+func ShardNames(index []byte) ([]string, error) {
+	var idx indexFile
+	if err := decodeNumbers(index, &idx); err != nil {
+		return nil, fmt.Errorf("is not valid JSON: %v", err)
+	}
+	var names []string
+	for _, f := range idx.WeightMap {
+		if f == "" || f == "." || f == ".." || strings.ContainsAny(f, `/\`) {
+			return nil, fmt.Errorf("names %q, which is not a file in the model directory", f)
+		}
+		if !slices.Contains(names, f) {
+			names = append(names, f)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}

@@ -81,10 +81,16 @@ type Shard struct {
 	Metadata map[string]string
 	Tensors  []Tensor
 	Layout   *safetensors.Layout
+	same     bool // see Unchanged
 }
 
 // Size is the output file's size in bytes.
 func (s *Shard) Size() int64 { return s.Layout.Size }
+
+// Unchanged reports whether the output file is byte for byte its base shard: every
+// tensor copied in place, and the same header. Such a shard needs no merge: its bytes,
+// and its sha256, are the base file's.
+func (s *Shard) Unchanged() bool { return s.same }
 
 // Changed reports whether any tensor of the shard differs from the base.
 func (s *Shard) Changed() bool {

@@ -8,6 +8,7 @@ package safetensors
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -72,7 +73,11 @@ type Header struct {
 	Tensors    []Tensor          // in data order
 	DataOffset int64             // where tensor bytes start: 8 + the JSON length
 	Size       int64             // the size the file must have
-	index      map[string]int
+	// PrefixSHA256 is the sha256 of the file's first DataOffset bytes (the length and
+	// the JSON), so that a writer can tell whether the header it would write is
+	// byte for byte this one.
+	PrefixSHA256 [32]byte
+	index        map[string]int
 }
 
 // Tensor returns the named tensor.
@@ -154,7 +159,7 @@ func ParseHeader(b []byte, size int64) (*Header, error) {
 	if raw[0] != '{' {
 		return nil, formatErr("", "header does not start with '{'")
 	}
-	h := &Header{DataOffset: 8 + n, index: map[string]int{}}
+	h := &Header{DataOffset: 8 + n, PrefixSHA256: sha256.Sum256(b[:8+n]), index: map[string]int{}}
 	if err := h.decode(raw); err != nil {
 		return nil, err
 	}

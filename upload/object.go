@@ -1,6 +1,7 @@
-// Package upload moves files to the Hub: LFS objects by the basic or multipart transfer
-// from a replayable io.ReaderAt (a failed part is read again, never buffered whole),
-// and the commit that makes them appear, never retried blindly.
+// Package upload publishes files to the Hub: a Target (repo, branch, pull request)
+// stated once, LFS objects sent by the basic or multipart transfer from a replayable
+// io.ReaderAt (a failed part is read again, never buffered whole), and the commit that
+// makes them appear, never retried blindly.
 package upload
 
 import (
@@ -35,58 +36,66 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Object makes sure the Hub stores the LFS object oid of size bytes read from r. It
-// returns false when the Hub had it already and nothing was sent.
-func Object(ctx context.Context, c *hub.Client, repo hub.Repo, rev, oid string, size int64, r io.ReaderAt, o Options) (bool, error) {
+func put(ctx context.Context, t *Target, obj Object, o Options) (bool, error) {
 	o = o.withDefaults()
 	var last error
 	for round := 0; round < o.Rounds; round++ {
-		acts, err := c.LFSBatch(ctx, repo, rev, []hub.LFSObject{{OID: oid, Size: size}})
+		acts, err := t.Client.LFSBatch(ctx, t.Repo, t.ref(), []hub.LFSObject{{OID: obj.OID, Size: obj.Size}})
 		if err != nil {
-			return false, fmt.Errorf("LFS batch for %s: %w", oid, err)
+			return false, fmt.Errorf("LFS batch for %s: %w", obj.OID, err)
 		}
-		if len(acts) != 1 || acts[0].OID != oid {
-			return false, fmt.Errorf("LFS batch for %s: the reply names other objects", oid)
+		if len(acts) != 1 || acts[0].OID != obj.OID {
+			return false, fmt.Errorf("LFS batch for %s: the reply names other objects", obj.OID)
 		}
 		a := acts[0]
 		if a.Error != nil {
-			return false, fmt.Errorf("LFS batch refused %s: %w", oid, a.Error)
+			return false, fmt.Errorf("LFS batch refused %s: %w", obj.OID, a.Error)
 		}
 		if a.Transfer == "" {
 			return false, nil // already stored
 		}
+		r, done, err := obj.Open(ctx)
+		if err != nil {
+			return false, err
+		}
 		switch a.Transfer {
 		case "basic":
-			err = put(ctx, c, a.Upload.Href, a.Upload.Header, r, 0, size, o)
+			err = putPart(ctx, t.Client, a.Upload.Href, a.Upload.Header, r, 0, obj.Size, o)
 		case "multipart":
-			err = multipart(ctx, c, a, r, size, o)
+			err = multipart(ctx, t.Client, a, r, obj.Size, o)
 		default:
-			return false, fmt.Errorf("LFS batch offered the %q transfer, which was not asked for", a.Transfer)
+			err = fmt.Errorf("LFS batch offered the %q transfer, which was not asked for", a.Transfer)
+		}
+		if derr := done(); err == nil {
+			err = derr
 		}
 		if err == nil && a.Verify != nil {
-			err = c.Verify(ctx, a.Verify, oid, size)
+			err = t.Client.Verify(ctx, a.Verify, obj.OID, obj.Size)
 		}
 		if err == nil {
 			return true, nil
 		}
 		// Storage refuses an expired presigned URL with 403: a new batch round gives
 		// fresh ones. Anything else has been retried already.
-		if !errors.Is(err, hub.ErrForbidden) || ctx.Err() != nil {
+		if !expired(err) || ctx.Err() != nil {
 			return false, err
 		}
 		last = err
 	}
-	return false, fmt.Errorf("uploading %s: presigned URLs kept expiring: %w", oid, last)
+	return false, fmt.Errorf("uploading %s: presigned URLs kept expiring: %w", obj.OID, last)
 }
 
-// put sends [off, off+n) of r to a presigned URL. Every attempt reads the section again,
-// and takes back from the progress what a failed attempt counted.
-func put(ctx context.Context, c *hub.Client, href string, header map[string]string, r io.ReaderAt, off, n int64, o Options) error {
-	_, err := putPart(ctx, c, href, header, r, off, n, o)
+// expired says whether storage refused a presigned URL because it expired.
+func expired(err error) bool { return errors.Is(err, hub.ErrForbidden) }
+
+// putPart sends [off, off+n) of r to a presigned URL. Every attempt reads the section
+// again, and takes back from the progress what a failed attempt counted.
+func putPart(ctx context.Context, c *hub.Client, href string, header map[string]string, r io.ReaderAt, off, n int64, o Options) error {
+	_, err := putPartETag(ctx, c, href, header, r, off, n, o)
 	return err
 }
 
-func putPart(ctx context.Context, c *hub.Client, href string, header map[string]string, r io.ReaderAt, off, n int64, o Options) (string, error) {
+func putPartETag(ctx context.Context, c *hub.Client, href string, header map[string]string, r io.ReaderAt, off, n int64, o Options) (string, error) {
 	var prev *counter
 	body := func() (io.Reader, error) {
 		if prev != nil {
@@ -112,7 +121,7 @@ func multipart(ctx context.Context, c *hub.Client, a hub.LFSAction, r io.ReaderA
 		off := int64(i) * a.ChunkSize
 		n := min(a.ChunkSize, size-off)
 		g.Go(func() error {
-			etag, err := putPart(gctx, c, href, nil, r, off, n, o)
+			etag, err := putPartETag(gctx, c, href, nil, r, off, n, o)
 			if err != nil {
 				return fmt.Errorf("part %d of %s: %w", i+1, a.OID, err)
 			}

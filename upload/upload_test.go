@@ -17,7 +17,7 @@ import (
 
 const writeToken = "hf_upload_write"
 
-func setup(t *testing.T) (*hubtest.Hub, *hub.Client, hub.Repo) {
+func setup(t *testing.T) (*hubtest.Hub, *upload.Target, hub.Repo) {
 	t.Helper()
 	h := hubtest.New(hubtest.WithToken(writeToken, "alice", hubtest.ScopeWrite), hubtest.WithMultipartChunkSize(100_000)).Start(t)
 	c, err := hub.New(hub.Options{Endpoint: h.URL(), Token: writeToken, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
@@ -28,8 +28,11 @@ func setup(t *testing.T) (*hubtest.Hub, *hub.Client, hub.Repo) {
 	if _, _, err := c.CreateRepo(context.Background(), r, false); err != nil {
 		t.Fatal(err)
 	}
-	return h, c, r
+	return h, &upload.Target{Client: c, Repo: r, Branch: "main"}, r
 }
+
+// object is data in memory as an upload.Object.
+func object(b []byte) upload.Object { return upload.BytesObject(b) }
 
 func data(n int, seed byte) ([]byte, string) {
 	b := make([]byte, n)
@@ -41,7 +44,7 @@ func data(n int, seed byte) ([]byte, string) {
 }
 
 func TestObjectsAndCommit(t *testing.T) {
-	h, c, r := setup(t)
+	h, c, _ := setup(t)
 	ctx := context.Background()
 	small, smallOID := data(50_000, 1) // basic
 	big, bigOID := data(350_001, 2)    // multipart: 4 parts
@@ -55,7 +58,7 @@ func TestObjectsAndCommit(t *testing.T) {
 		b   []byte
 		oid string
 	}{{small, smallOID}, {big, bigOID}} {
-		up, err := upload.Object(ctx, c, r, "main", x.oid, int64(len(x.b)), bytes.NewReader(x.b), o)
+		up, err := c.Put(ctx, object(x.b), o)
 		if err != nil || !up {
 			t.Fatalf("upload %s: %v %v", x.oid, up, err)
 		}
@@ -70,19 +73,17 @@ func TestObjectsAndCommit(t *testing.T) {
 		t.Errorf("progress counted %d bytes, sent %d (failed attempts must be taken back)", got, len(small)+len(big))
 	}
 	before := h.Stats().UploadedBytes
-	if up, err := upload.Object(ctx, c, r, "main", bigOID, int64(len(big)), bytes.NewReader(big), o); err != nil || up {
+	if up, err := c.Put(ctx, object(big), o); err != nil || up {
 		t.Errorf("second upload: uploaded %v, %v", up, err)
 	}
 	if h.Stats().UploadedBytes != before {
 		t.Error("a stored object was sent again")
 	}
-	head, _ := h.Head("alice/merged", "main")
 	marker := hub.CommitFile{Path: "hfmerge.json", Content: []byte(`{"run": 1}`)}
-	req := hub.CommitRequest{Summary: "merge", ParentCommit: head,
-		Files:    []hub.CommitFile{marker},
-		LFSFiles: []hub.CommitLFS{{Path: "a.safetensors", OID: smallOID, Size: int64(len(small))}, {Path: "b.safetensors", OID: bigOID, Size: int64(len(big))}}}
+	req := upload.Commit{Summary: "merge", Marker: marker,
+		LFS: []hub.CommitLFS{{Path: "a.safetensors", OID: smallOID, Size: int64(len(small))}, {Path: "b.safetensors", OID: bigOID, Size: int64(len(big))}}}
 	lost := h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, ApplyThenLose: true, Status: 504})
-	res, err := upload.Commit(ctx, c, r, "main", req, false, marker)
+	res, err := c.Commit(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +99,13 @@ func TestObjectsAndCommit(t *testing.T) {
 }
 
 func TestPullRequest(t *testing.T) {
-	h, c, r := setup(t)
+	h, c, _ := setup(t)
 	ctx := context.Background()
 	head, _ := h.Head("alice/merged", "main")
 	marker := hub.CommitFile{Path: "hfmerge.json", Content: []byte(`{"pr": true}`)}
 	lost := h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, ApplyThenLose: true})
-	res, err := upload.Commit(ctx, c, r, "main", hub.CommitRequest{Summary: "pr", ParentCommit: head, Files: []hub.CommitFile{marker}}, true, marker)
+	c.PR = true
+	res, err := c.Commit(ctx, upload.Commit{Summary: "pr", Marker: marker})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,10 +118,10 @@ func TestPullRequest(t *testing.T) {
 }
 
 func TestExpiredURLs(t *testing.T) {
-	h, c, r := setup(t)
+	h, c, _ := setup(t)
 	big, oid := data(250_000, 3)
 	h.Fault(hubtest.Fault{Route: hubtest.RoutePartPut, ExpiredURL: true})
-	if _, err := upload.Object(context.Background(), c, r, "main", oid, int64(len(big)), bytes.NewReader(big), upload.Options{}); err != nil {
+	if _, err := c.Put(context.Background(), object(big), upload.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := h.Object(oid); !bytes.Equal(got, big) {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hfmerge/hfmerge"
 	"github.com/hfmerge/hfmerge/hub/hubtest"
 	"github.com/hfmerge/hfmerge/internal/fixture"
 	"github.com/hfmerge/hfmerge/safetensors"
@@ -71,8 +72,8 @@ func sameModel(t *testing.T, a, b string) {
 	}
 	for _, n := range na {
 		e := struct{ name string }{n}
-		if e.name == "README.md" {
-			continue
+		if e.name == "README.md" || e.name == hfmerge.ProvenanceFile {
+			continue // they name the inputs, which differ in kind
 		}
 		x, _ := os.ReadFile(filepath.Join(a, e.name))
 		y, err := os.ReadFile(filepath.Join(b, e.name))
@@ -100,14 +101,14 @@ func filesUnder(dir string) []string {
 func TestHubMerge(t *testing.T) {
 	h, base, adapter, _ := hubBase(t)
 	local := filepath.Join(t.TempDir(), "local")
-	if code, _, stderr := hfmerge(t, "merge", "--base", base, "--adapter", adapter, "--out", local, "--progress", "none"); code != 0 {
+	if code, _, stderr := runBin(t, "merge", "--base", base, "--adapter", adapter, "--out", local, "--progress", "none"); code != 0 {
 		t.Fatal(stderr)
 	}
 	drop := h.Fault(hubtest.Fault{Route: hubtest.RouteCDNGet, Drop: true, DropAfterBytes: 3000, Times: 3})
 	unavailable := h.Fault(hubtest.Fault{Route: hubtest.RouteResolve, Status: 503})
 	limited := h.Fault(hubtest.Fault{Route: hubtest.RouteTree, Status: 429, RetryAfter: time.Second})
 	remote := filepath.Join(t.TempDir(), "remote")
-	code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", remote, "--progress", "none")
+	code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", remote, "--progress", "none")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -133,7 +134,7 @@ func TestHubKeepBase(t *testing.T) {
 	h, base, adapter, commit := hubBase(t)
 	bin := buildBinary(t)
 	local := filepath.Join(t.TempDir(), "local")
-	if code, _, stderr := hfmerge(t, "merge", "--base", base, "--adapter", adapter, "--out", local, "--progress", "none"); code != 0 {
+	if code, _, stderr := runBin(t, "merge", "--base", base, "--adapter", adapter, "--out", local, "--progress", "none"); code != 0 {
 		t.Fatal(stderr)
 	}
 	var wg sync.WaitGroup
@@ -169,7 +170,7 @@ func TestHubKeepBase(t *testing.T) {
 	}
 	// Online, a base the cache holds whole is read in place: no shard byte is served.
 	h.ResetStats()
-	if code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(t.TempDir(), "again"), "--progress", "none"); code != 0 {
+	if code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(t.TempDir(), "again"), "--progress", "none"); code != 0 {
 		t.Fatal(stderr)
 	}
 	h.WaitIdle(context.Background())
@@ -179,7 +180,7 @@ func TestHubKeepBase(t *testing.T) {
 	before := len(h.Requests())
 	t.Setenv("HF_HUB_OFFLINE", "1")
 	offline := filepath.Join(t.TempDir(), "offline")
-	if code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", offline, "--progress", "none"); code != 0 {
+	if code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", offline, "--progress", "none"); code != 0 {
 		t.Fatalf("offline: %s", stderr)
 	}
 	sameModel(t, local, offline)
@@ -188,7 +189,7 @@ func TestHubKeepBase(t *testing.T) {
 	}
 	// Offline, a file the cache lacks is an error naming it.
 	os.Remove(filepath.Join(cacheDir, "models--alice--base", "snapshots", commit, "model-00002-of-00002.safetensors"))
-	code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(t.TempDir(), "x"), "--progress", "none")
+	code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(t.TempDir(), "x"), "--progress", "none")
 	if code == 0 || !strings.Contains(stderr, "model-00002-of-00002.safetensors") || !strings.Contains(stderr, "offline") {
 		t.Errorf("offline with a file missing: exit %d: %s", code, stderr)
 	}
@@ -214,7 +215,7 @@ func TestHubChecksum(t *testing.T) {
 		if keep {
 			args = append(args, "--keep-base")
 		}
-		code, _, stderr := hfmerge(t, args...)
+		code, _, stderr := runBin(t, args...)
 		if code != 1 || !strings.Contains(stderr, name) || !strings.Contains(stderr, "sha256") && !strings.Contains(stderr, "digest") {
 			t.Errorf("keep=%v: exit %d: %s", keep, code, stderr)
 		}
@@ -255,13 +256,13 @@ func TestHubPlanReadsHeaders(t *testing.T) {
 	}
 	t.Setenv("HF_ENDPOINT", h.URL())
 	t.Setenv("HF_HUB_CACHE", t.TempDir())
-	code, stdout, stderr := hfmerge(t, "plan", "--base", "alice/big", "--adapter", adapter)
+	code, stdout, stderr := runBin(t, "plan", "--base", "alice/big", "--adapter", adapter)
 	if code != 0 {
 		t.Fatalf("exit %d: %s %s", code, stdout, stderr)
 	}
 	h.WaitIdle(context.Background())
 	served := h.Stats().BytesServed[hubtest.HostCDN]
-	if served > 2*headerProbe || served*20 > total {
+	if served > 2*100_000 || served*20 > total {
 		t.Errorf("plan had %d shard bytes served, of %d", served, total)
 	}
 	t.Logf("plan: %d of %d shard bytes served", served, total)
@@ -293,7 +294,7 @@ func TestHubMaliciousListing(t *testing.T) {
 			t.Setenv("HF_ENDPOINT", srv.URL)
 			parent := t.TempDir()
 			t.Setenv("HF_HUB_CACHE", filepath.Join(parent, "cache"))
-			code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(parent, "out"), "--keep-base", "--progress", "none")
+			code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", filepath.Join(parent, "out"), "--keep-base", "--progress", "none")
 			if code == 0 || !strings.Contains(stderr, evil) {
 				t.Errorf("exit %d: %s", code, stderr)
 			}
@@ -313,7 +314,7 @@ func TestHubLocalDir(t *testing.T) {
 	h, base, adapter, commit := hubBase(t)
 	dir := filepath.Join(t.TempDir(), "llama")
 	first := filepath.Join(t.TempDir(), "first")
-	if code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", first, "--local-dir", dir, "--keep-base", "--progress", "none"); code != 0 {
+	if code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", first, "--local-dir", dir, "--keep-base", "--progress", "none"); code != 0 {
 		t.Fatal(stderr)
 	}
 	for _, name := range []string{"model-00001-of-00002.safetensors", "config.json"} {
@@ -332,7 +333,7 @@ func TestHubLocalDir(t *testing.T) {
 	before := len(h.Requests())
 	t.Setenv("HF_HUB_OFFLINE", "1")
 	second := filepath.Join(t.TempDir(), "second")
-	if code, _, stderr := hfmerge(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", second, "--local-dir", dir, "--progress", "none"); code != 0 {
+	if code, _, stderr := runBin(t, "merge", "--base", "alice/base", "--adapter", adapter, "--out", second, "--local-dir", dir, "--progress", "none"); code != 0 {
 		t.Fatal(stderr)
 	}
 	sameModel(t, first, second)

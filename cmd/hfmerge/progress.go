@@ -2,50 +2,42 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/cheggaaa/pb/v3"
+
+	"github.com/hfmerge/hfmerge"
 )
 
-// newLogger writes log lines to w as text or JSON.
-func newLogger(format string, w io.Writer) *slog.Logger {
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
-	}
-	return slog.New(slog.NewTextHandler(w, nil))
-}
-
-// meter shows progress: on a terminal an overall bar (bytes, rate, ETA) whose suffix
-// counts each stage (merged, uploaded); otherwise one log line per step.
+// meter shows a run's progress: on a terminal one bar per stage, each with its own
+// total, rate and ETA; otherwise one log line per shard and stage.
 type meter struct {
-	mu     sync.Mutex
-	bar    *pb.ProgressBar // nil unless drawing a bar
-	log    *slog.Logger    // steps go here; nil for --progress none
-	w      io.Writer
-	mode   string
-	stages []string
-	done   map[string]int64
+	mu   sync.Mutex
+	st   *state
+	mode string
+	pool *pb.Pool
+	bars map[hfmerge.Stage]*pb.ProgressBar
 }
 
-// newMeter chooses how to show progress: "auto" draws a bar only when w is a terminal.
-func newMeter(mode string, w io.Writer, log *slog.Logger) *meter {
+func (st *state) meter(mode string) *meter {
 	if mode == "auto" {
 		mode = "plain"
-		if isTerminal(w) {
+		if isTerminal(st.stderr) {
 			mode = "bar"
 		}
 	}
-	m := &meter{w: w, mode: mode}
-	if mode != "none" {
-		m.log = log
+	switch os.Getenv("HF_HUB_DISABLE_PROGRESS_BARS") {
+	case "1", "ON", "YES", "TRUE", "true", "on", "yes":
+		if mode == "bar" {
+			mode = "plain"
+		}
 	}
-	return m
+	return &meter{st: st, mode: mode, bars: map[hfmerge.Stage]*pb.ProgressBar{}}
 }
 
-func isTerminal(w io.Writer) bool {
+func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
@@ -54,65 +46,64 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// barTemplate is pb's Full template with the rate in bytes per second.
-const barTemplate = `{{with string . "prefix"}}{{.}} {{end}}{{counters . }} {{bar . }} {{percent . }} {{speed . "%s/s" "?/s"}} {{rtime . "ETA %s"}}{{with string . "suffix"}}{{.}}{{end}}`
+// barTemplate fits 80 columns: stage, bytes done of total (decimal units, as the Hub
+// shows sizes), the bar, the rate and the time left.
+const barTemplate = `{{string . "prefix"}} {{counters . }} {{bar . "[" "=" ">" " " "]"}} {{speed . "%s/s" "?/s"}} {{rtime . "%s left"}}`
 
-// start begins a run of stages, each of total bytes.
-func (m *meter) start(prefix string, total int64, stages ...string) {
-	if m.mode != "bar" {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(stages) == 0 {
-		stages = []string{prefix}
-	}
-	m.stages, m.done = stages, map[string]int64{}
-	m.bar = pb.New64(total*int64(len(stages))).Set(pb.Bytes, true).Set("prefix", prefix).SetWriter(m.w).SetTemplateString(barTemplate).SetMaxWidth(120)
-	m.bar.Start()
+var stageLabel = map[hfmerge.Stage]string{
+	hfmerge.StageMerge:  "merge ",
+	hfmerge.StageHash:   "hash  ",
+	hfmerge.StageUpload: "upload",
 }
 
-// add counts bytes done in the first stage.
-func (m *meter) add(n int64) { m.addTo("", n) }
-
-// addTo counts bytes done in a stage; n may be negative when a failed attempt is taken
-// back.
-func (m *meter) addTo(stage string, n int64) {
+// event receives the library's progress.
+func (m *meter) event(e hfmerge.Event) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.bar == nil {
-		return
-	}
-	if stage == "" {
-		stage = m.stages[0]
-	}
-	m.done[stage] += n
-	m.bar.Add64(n)
-	if len(m.stages) > 1 {
-		suffix := ""
-		for _, s := range m.stages {
-			suffix += fmt.Sprintf(" %s %s", s, human(m.done[s]))
+	switch e.Type {
+	case hfmerge.Begin:
+		if m.mode != "bar" {
+			return
 		}
-		m.bar.Set("suffix", suffix)
+		b := pb.New64(e.Bytes).Set(pb.Bytes, true).Set(pb.SIBytesPrefix, true).Set("prefix", stageLabel[e.Stage]).
+			SetTemplateString(barTemplate).SetMaxWidth(120)
+		m.bars[e.Stage] = b
+		m.add(b)
+	case hfmerge.Advance:
+		if b := m.bars[e.Stage]; b != nil {
+			b.Add64(e.Bytes)
+		}
+	case hfmerge.End:
+		if b := m.bars[e.Stage]; b != nil {
+			b.SetCurrent(b.Total())
+		}
+	case hfmerge.ShardDone:
+		if m.mode == "plain" {
+			m.st.logger().Info("shard "+e.Note, "stage", string(e.Stage), "shard", e.Shard,
+				"size", hfmerge.Human(e.Bytes), "seconds", seconds(e.Elapsed))
+		}
 	}
 }
 
-// step reports a finished step: a log line, unless a bar is drawn.
-func (m *meter) step(msg string, attrs ...any) {
-	m.mu.Lock()
-	bar := m.bar
-	m.mu.Unlock()
-	if m.log != nil && bar == nil {
-		m.log.Info(msg, attrs...)
+// add draws a bar below those of the stages begun before it.
+func (m *meter) add(b *pb.ProgressBar) {
+	if m.pool == nil {
+		m.pool = &pb.Pool{Output: m.st.stderr, RefreshRate: 200 * time.Millisecond}
+		if err := m.pool.Start(); err != nil {
+			fmt.Fprintln(m.st.stderr, "hfmerge: cannot draw progress bars:", err)
+			m.pool, m.mode = nil, "plain"
+			return
+		}
 	}
+	m.pool.Add(b)
 }
 
-// finish ends the phase.
+// finish stops drawing.
 func (m *meter) finish() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.bar != nil {
-		m.bar.Finish()
-		m.bar = nil
+	if m.pool != nil {
+		m.pool.Stop()
+		m.pool = nil
 	}
 }

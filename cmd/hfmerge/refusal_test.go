@@ -13,7 +13,7 @@ import (
 )
 
 // hfmerge runs the command in-process and returns its exit status and output.
-func hfmerge(t *testing.T, args ...string) (int, string, string) {
+func runBin(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), append([]string{"hfmerge"}, args...), &stdout, &stderr)
@@ -135,7 +135,7 @@ func TestRefusals(t *testing.T) {
 				c.after(t, base, adapter)
 			}
 			out := filepath.Join(t.TempDir(), "out")
-			code, _, stderr := hfmerge(t, "merge", "--base", base, "--adapter", adapter, "--out", out, "--progress", "none")
+			code, _, stderr := runBin(t, "merge", "--base", base, "--adapter", adapter, "--out", out, "--progress", "none")
 			if code != c.code {
 				t.Errorf("exit status %d, want %d; stderr:\n%s", code, c.code, stderr)
 			}
@@ -147,7 +147,7 @@ func TestRefusals(t *testing.T) {
 			noShards(t, out)
 			if c.code == 3 {
 				// plan finds the same problem without reading tensor bytes.
-				pcode, pout, _ := hfmerge(t, "plan", "--base", base, "--adapter", adapter)
+				pcode, pout, _ := runBin(t, "plan", "--base", base, "--adapter", adapter)
 				if pcode != 3 {
 					t.Errorf("plan: exit status %d, want 3", pcode)
 				}

@@ -1,12 +1,22 @@
 //go:build linux
 
-package main
+package hfmerge
 
 import (
 	"os"
 
 	"golang.org/x/sys/unix"
 )
+
+// fallocate reserves n bytes for f. Filesystems that cannot are left to allocate as
+// they write: only a full disk or quota is an error.
+func fallocate(f *os.File, n int64) error {
+	err := unix.Fallocate(int(f.Fd()), 0, 0, n)
+	if err == unix.ENOSPC || err == unix.EDQUOT {
+		return err
+	}
+	return nil // EOPNOTSUPP, ENOSYS, EINVAL: the filesystem allocates as it writes
+}
 
 // writeback starts the kernel writing a file's dirty pages to disk every few tens of
 // megabytes as the merge writes it, so that the fsync before the file is renamed into

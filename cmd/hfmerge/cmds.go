@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hfmerge/hfmerge"
+	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/upload"
+)
+
+// load opens --base and --adapter and reads their headers.
+func load(ctx context.Context, o *options) (*hfmerge.Inputs, error) {
+	base, err := o.sources.Base(ctx, o.base)
+	if err != nil {
+		return nil, err
+	}
+	adapter, err := o.sources.Adapter(ctx, o.adapter)
+	if err != nil {
+		base.Close()
+		return nil, err
+	}
+	return hfmerge.Load(ctx, base, adapter, o.plan)
+}
+
+func planCmd(c *cli.Context, st *state) error {
+	o, err := readOptions(c, st)
+	if err != nil {
+		return err
+	}
+	l, err := load(c.Context, o)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	p := l.Plan()
+	r := l.Report(p, o.merge.Jobs)
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		printReport(c.App.Writer, r)
+	}
+	if !p.OK() {
+		return &exitError{exitProblems, errReported}
+	}
+	return nil
+}
+
+func mergeCmd(c *cli.Context, st *state) error {
+	o, err := readOptions(c, st)
+	if err != nil {
+		return err
+	}
+	out := c.String("out")
+	if out == "" {
+		return usageErr("--out is required")
+	}
+	l, err := load(c.Context, o)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	p := l.Plan()
+	if err := st.checked(p); err != nil {
+		return err
+	}
+	m := st.meter(o.progress)
+	start := time.Now()
+	err = hfmerge.MergeDir(c.Context, l, p, out, hfmerge.MergeOptions{Merge: o.merge, Force: c.Bool("force"), Log: st.log, Progress: m.event})
+	m.finish()
+	if err != nil {
+		if c.Context.Err() != nil {
+			return fmt.Errorf("merge stopped (%v); no merged file was written to %s", context.Cause(c.Context), out)
+		}
+		return err
+	}
+	var total int64
+	for _, s := range p.Shards {
+		total += s.Size()
+	}
+	st.done("merged", "out", out, "shards", len(p.Shards), "size", hfmerge.Human(total), "seconds", seconds(time.Since(start)))
+	return nil
+}
+
+func pushCmd(c *cli.Context, st *state) error {
+	o, err := readOptions(c, st)
+	if err != nil {
+		return err
+	}
+	if c.String("repo") == "" {
+		return usageErr("--repo is required")
+	}
+	repo, rev, err := hub.ParseRepo(c.String("repo"))
+	if err != nil {
+		return usageErr("--repo: %v", err)
+	}
+	if rev != "" {
+		return usageErr("--repo %s: give the branch with --revision", c.String("repo"))
+	}
+	if o.offline {
+		return usageErr("push needs the Hub; it cannot run offline")
+	}
+	budget := int64(-1)
+	if s := c.String("disk-budget"); s != "" {
+		if budget, err = parseSize(s); err != nil {
+			return usageErr("--disk-budget %q: %v", s, err)
+		}
+	}
+	if o.token == "" {
+		return hfmerge.ErrNoToken
+	}
+	ctx := c.Context
+	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision"), PR: c.Bool("pr")}
+	// Write access is checked before anything else moves.
+	if err := hfmerge.CheckAccess(ctx, t); err != nil {
+		if errors.Is(err, hub.ErrUnauthorized) {
+			return fmt.Errorf("%w (the token from %s)", err, o.tokenFrom)
+		}
+		return err
+	}
+	l, err := load(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	p := l.Plan()
+	if err := st.checked(p); err != nil {
+		return err
+	}
+	m := st.meter(o.progress)
+	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"),
+		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event})
+	m.finish()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("push stopped (%v); what was uploaded stays for the next run", context.Cause(ctx))
+		}
+		return err
+	}
+	url := res.Commit.URL
+	if res.Commit.PullRequestURL != "" {
+		url = res.Commit.PullRequestURL
+	}
+	switch {
+	case res.UpToDate && t.PR:
+		fmt.Fprintf(c.App.Writer, "an open pull request already holds this merge: %s; nothing to do\n", url)
+	case res.UpToDate:
+		fmt.Fprintf(c.App.Writer, "%s is up to date: its %s records these inputs and every file; nothing to do\n", t.String(), hfmerge.ProvenanceFile)
+	case res.Commit.PullRequestURL != "":
+		fmt.Fprintf(c.App.Writer, "opened pull request %s\n", url)
+	default:
+		fmt.Fprintf(c.App.Writer, "committed %s\n", url)
+	}
+	st.done("pushed", "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
+		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
+		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed),
+		"disk_budget", hfmerge.Human(res.Budget))
+	return nil
+}
+
+// seconds is a duration as seconds with three decimals at most, for log lines.
+func seconds(d time.Duration) float64 {
+	return float64(d.Round(time.Millisecond)) / float64(time.Second)
+}
+
+// join prints a list as text.
+func join(items []string) string { return strings.Join(items, ", ") }

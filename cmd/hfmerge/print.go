@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/hfmerge/hfmerge"
+)
+
+// printReport prints a plan for a person.
+func printReport(w io.Writer, r *hfmerge.Report) {
+	fmt.Fprintf(w, "base:    %s\nadapter: %s", r.Base, r.Adapter)
+	if c := r.Config; c != nil {
+		fmt.Fprintf(w, " (LoRA r=%d, lora_alpha=%g", c.R, c.Alpha)
+		if c.RSLoRA {
+			fmt.Fprint(w, ", rsLoRA")
+		}
+		if c.DoRA {
+			fmt.Fprint(w, ", DoRA")
+		}
+		fmt.Fprintf(w, "; %d modules)", len(r.Modules))
+	}
+	fmt.Fprintln(w)
+	if len(r.Shards) > 0 {
+		fmt.Fprintln(w, "\nshards:")
+		for _, s := range r.Shards {
+			what := fmt.Sprintf("%d changed, %d copied", len(s.Changes), s.Copied)
+			if s.Unchanged {
+				what = "unchanged: the base's bytes"
+			}
+			fmt.Fprintf(w, "  %-40s %10s  %s\n", s.Name, hfmerge.Human(s.Bytes), what)
+			for _, t := range s.Changes {
+				fmt.Fprintf(w, "      %-60s %s: %s\n", t.Name, t.DType, t.Reason)
+			}
+		}
+	}
+	if len(r.Edits) > 0 {
+		fmt.Fprintln(w, "\nconfig.json:")
+		for _, e := range r.Edits {
+			old := e.Old
+			if old == nil {
+				old = "(absent)"
+			}
+			fmt.Fprintf(w, "  %s: %v -> %v\n", e.Key, old, e.New)
+		}
+	}
+	if len(r.Shards) > 0 {
+		fmt.Fprintf(w, "\nestimate: peak RAM about %s; %s of shards read\n", hfmerge.Human(r.Estimate.PeakRAM), hfmerge.Human(r.Estimate.ReadBytes))
+		fmt.Fprintf(w, "  merge: %s written to --out\n", hfmerge.Human(r.Estimate.OutDisk))
+		fmt.Fprintf(w, "  push: %s of shards to merge and upload; at most %s of disk (one merged shard, only while the base is remote)\n",
+			hfmerge.Human(r.Estimate.ChangedBytes), hfmerge.Human(r.Estimate.PushDisk))
+	}
+	for _, x := range r.Warnings {
+		fmt.Fprintf(w, "\nwarning: %s", x)
+	}
+	if len(r.Warnings) > 0 {
+		fmt.Fprintln(w)
+	}
+	if len(r.Problems) > 0 {
+		fmt.Fprintf(w, "\n%d problem(s); nothing can be merged until they are fixed:\n", len(r.Problems))
+		for _, x := range r.Problems {
+			fmt.Fprintf(w, "  - %s\n", x)
+		}
+	} else {
+		fmt.Fprintln(w, "\nno problems found")
+	}
+}
