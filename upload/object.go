@@ -71,7 +71,7 @@ func Object(ctx context.Context, c *hub.Client, repo hub.Repo, rev, oid string, 
 		}
 		// Storage refuses an expired presigned URL with 403: a new batch round gives
 		// fresh ones. Anything else has been retried already.
-		if !errors.Is(err, hub.ErrForbidden) || ctx.Err() != nil {
+		if !errors.Is(err, hub.ErrURLExpired) || ctx.Err() != nil {
 			return false, err
 		}
 		last = err

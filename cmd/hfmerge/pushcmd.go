@@ -87,8 +87,7 @@ func pushCmd(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("checking the token: %w", err)
 	}
-	owner, _, _ := strings.Cut(repo.ID, "/")
-	if ok, why := who.CanWrite(owner); !ok {
+	if ok, why := who.CanWrite(repo); !ok {
 		return fmt.Errorf("cannot publish to %s: %s", repo, why)
 	}
 
