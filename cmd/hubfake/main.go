@@ -14,7 +14,8 @@
 // --down-rate and --up-rate model the user's link: one download rate shared by every
 // CDN and resolve body, one upload rate shared by every upload PUT and commit body
 // (e.g. --down-rate 50MB --up-rate 25MB; MB is 10^6 bytes, MiB 2^20), and --latency
-// delays every request.
+// delays every request. On shutdown it prints "stats {json}" with bytes_down,
+// bytes_up, requests, commits and faults_fired.
 //
 // Tokens: --token VALUE=[USER:]SCOPE with SCOPE read, write, app (an OAuth/app token:
 // whoami has no accessToken) or fineGrained:ENTITY=PERM+PERM,... where ENTITY is
@@ -24,6 +25,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -153,7 +155,23 @@ func serve(ctx context.Context, opts []hubtest.Option, addr, cdnAddr, seedDir st
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
+	printStats(stdout, h.Stats())
 	return err
+}
+
+// printStats writes one line "stats {json}" with what crossed the user's link, for
+// scripts that compare a run with the link's floor.
+func printStats(w io.Writer, st hubtest.Stats) {
+	requests, commits := 0, 0
+	for _, n := range st.Requests {
+		requests += n
+	}
+	for _, n := range st.Commits {
+		commits += n
+	}
+	b, _ := json.Marshal(map[string]int64{"bytes_down": st.BytesDown, "bytes_up": st.BytesUp,
+		"requests": int64(requests), "commits": int64(commits), "faults_fired": int64(st.FaultsFired)})
+	fmt.Fprintf(w, "stats %s\n", b)
 }
 
 // nextPort is the default CDN address: the Hub's host, next port (or any port when

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -183,5 +184,44 @@ func TestByteRate(t *testing.T) {
 		if err := b.Set(in); err == nil {
 			t.Errorf("%q accepted", in)
 		}
+	}
+}
+
+func TestStatsOnShutdown(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"--addr", "127.0.0.1:0", "--token", "hf_w=alice:write"}, pw, io.Discard)
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	var hub, stats string
+	for sc.Scan() {
+		line := sc.Text()
+		if u, ok := strings.CutPrefix(line, "hub "); ok {
+			hub = u
+		}
+		if strings.HasPrefix(line, "export ") {
+			body := strings.NewReader(`{"name":"m"}`)
+			req, _ := http.NewRequest("POST", hub+"/api/repos/create", body)
+			req.Header.Set("Authorization", "Bearer hf_w")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			cancel()
+		}
+		if s, ok := strings.CutPrefix(line, "stats "); ok {
+			stats = s
+		}
+	}
+	if c := <-code; c != 0 {
+		t.Fatalf("exit %d", c)
+	}
+	var st map[string]int64
+	if err := json.Unmarshal([]byte(stats), &st); err != nil || st["requests"] != 1 || st["bytes_down"] != 0 {
+		t.Fatalf("stats line %q: %v", stats, err)
 	}
 }
