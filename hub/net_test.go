@@ -401,3 +401,53 @@ func TestWhoAmITokens(t *testing.T) {
 		}
 	}
 }
+
+func TestUploadRefusals(t *testing.T) {
+	h := hubtest.New(hubtest.WithToken("hf_w", "alice", hubtest.ScopeWrite)).Start(t)
+	if err := h.CreateRepo("alice/m"); err != nil {
+		t.Fatal(err)
+	}
+	c := quick(t, h.URL(), nil, hub.Options{Token: "hf_w"})
+	ctx := context.Background()
+	obj := []byte(strings.Repeat("weights ", 1000))
+	r := hub.Repo{Type: "model", ID: "alice/m"}
+	acts, err := c.LFSBatch(ctx, r, "main", []hub.LFSObject{{OID: sha(obj), Size: int64(len(obj))}})
+	if err != nil || len(acts) != 1 || acts[0].Upload == nil {
+		t.Fatalf("batch: %v %+v", err, acts)
+	}
+	put := func() error {
+		_, err := c.PutPart(ctx, acts[0].Upload.Href, acts[0].Upload.Header, int64(len(obj)),
+			func() (io.Reader, error) { return bytes.NewReader(obj), nil })
+		return err
+	}
+	// A quota refusal on the PUT: once, with its message, and not an expiry.
+	const quota = "storage quota exceeded for alice: 100 GB of private storage"
+	h.Fault(hubtest.Fault{Route: hubtest.RouteUploadPut, Status: http.StatusForbidden, Message: quota, Times: -1})
+	h.ResetStats()
+	err = put()
+	if err == nil || !strings.Contains(err.Error(), quota) || errors.Is(err, hub.ErrURLExpired) || !errors.Is(err, hub.ErrForbidden) {
+		t.Errorf("quota PUT: %v", err)
+	}
+	if n := h.Stats().Requests[hubtest.RouteUploadPut]; n != 1 {
+		t.Errorf("%d PUTs for a 403, want 1", n)
+	}
+	// An expired URL is told apart, so the uploader asks for fresh ones.
+	h.ClearFaults()
+	h.ExpireURLs()
+	if err := put(); !errors.Is(err, hub.ErrURLExpired) {
+		t.Errorf("expired PUT: %v, want ErrURLExpired", err)
+	}
+	// A 500 is retried with a fresh body each time, and the upload lands.
+	h.Fault(hubtest.Fault{Route: hubtest.RouteUploadPut, Status: http.StatusInternalServerError, Times: 2})
+	acts, err = c.LFSBatch(ctx, r, "main", []hub.LFSObject{{OID: sha(obj), Size: int64(len(obj))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ResetStats()
+	if err := put(); err != nil {
+		t.Fatalf("PUT after 500s: %v", err)
+	}
+	if n := h.Stats().Requests[hubtest.RouteUploadPut]; n != 3 {
+		t.Errorf("%d PUTs, want 3", n)
+	}
+}

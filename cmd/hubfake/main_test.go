@@ -189,6 +189,7 @@ func TestByteRate(t *testing.T) {
 
 func TestStatsOnShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	pr, pw := io.Pipe()
 	code := make(chan int, 1)
 	go func() {
