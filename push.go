@@ -61,8 +61,7 @@ func CheckAccess(ctx context.Context, t upload.Target) error {
 	if err != nil {
 		return fmt.Errorf("checking the token: %w", err)
 	}
-	owner, _, _ := strings.Cut(t.Repo.ID, "/")
-	if ok, why := who.CanWrite(owner); !ok {
+	if ok, why := who.CanWrite(t.Repo); !ok {
 		return fmt.Errorf("cannot publish to %s: %s", t.Repo, why)
 	}
 	return nil

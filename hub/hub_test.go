@@ -211,26 +211,38 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 }
 
 func TestExpiredURLError(t *testing.T) {
-	h, c, _ := setup(t, nil)
+	h, c, files := setup(t, nil)
 	ctx := context.Background()
 	f, err := c.FileInfo(ctx, repo, "main", "model.safetensors")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.ExpireURLs()
+	loc := f.Location
+	// Storage keeps saying "expired": one refresh, then the error, told apart from
+	// other 403s.
+	h.Fault(hubtest.Fault{Route: hubtest.RouteCDNGet, ExpiredURL: true, Times: -1})
+	h.ResetStats()
 	_, err = c.Get(ctx, f, 0, 10)
 	var he *hub.HTTPError
-	if !errors.As(err, &he) || he.Status != http.StatusForbidden {
-		t.Fatalf("error %v, want 403", err)
+	if !errors.As(err, &he) || he.Status != http.StatusForbidden || !errors.Is(err, hub.ErrURLExpired) || !errors.Is(err, hub.ErrForbidden) {
+		t.Fatalf("error %v, want 403 ErrURLExpired", err)
+	}
+	if n := h.Stats().Requests[hubtest.RouteResolve]; n != 1 {
+		t.Errorf("%d refreshes of the URL, want 1", n)
 	}
 	if strings.Contains(err.Error(), f.Location[strings.Index(f.Location, "?")+1:]) {
 		t.Errorf("error shows the signed query: %v", err)
 	}
-	// Download asks for a fresh URL and succeeds.
-	var buf bytes.Buffer
+	// Expired for real: Download asks for a fresh URL and succeeds, and the caller's
+	// FileInfo is left as it was.
 	h.ClearFaults()
-	if _, err := c.Download(ctx, f, 0, &buf); err != nil {
+	h.ExpireURLs()
+	var buf bytes.Buffer
+	if _, err := c.Download(ctx, f, 0, &buf); err != nil || !bytes.Equal(buf.Bytes(), files["model.safetensors"]) {
 		t.Errorf("download after expiry: %v", err)
+	}
+	if f.Location != loc {
+		t.Errorf("Download changed the FileInfo")
 	}
 }
 

@@ -17,20 +17,20 @@ import (
 const jsonLimit = 256 << 20
 
 func (c *Client) getJSON(ctx context.Context, u *url.URL, v any) (http.Header, error) {
-	req, err := c.request(ctx, http.MethodGet, u, nil)
+	rq := c.newRequest(http.MethodGet, u, nil)
+	rq.header.Set("Accept", "application/json")
+	resp, err := c.do(ctx, rq, []int{http.StatusOK}, decodeInto(v))
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.do(req, http.StatusOK)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(io.LimitReader(resp.Body, jsonLimit)).Decode(v); err != nil {
-		return nil, fmt.Errorf("GET %s: decoding the reply: %w", redact(u), err)
 	}
 	return resp.Header, nil
+}
+
+// decodeInto decodes a JSON reply of bounded size into v.
+func decodeInto(v any) func(*http.Response) error {
+	return func(resp *http.Response) error {
+		return json.NewDecoder(io.LimitReader(resp.Body, jsonLimit)).Decode(v)
+	}
 }
 
 // RepoInfo is what the Hub says about a repo at a revision.
@@ -159,19 +159,11 @@ func (c *Client) Tree(ctx context.Context, r Repo, rev, path string, recursive b
 func (c *Client) PathsInfo(ctx context.Context, r Repo, rev string, paths []string) ([]Entry, error) {
 	u := c.apiURL(r.apiPath()+"/paths-info/"+escapeRev(rev), nil)
 	form := url.Values{"paths": paths}
-	req, err := c.request(ctx, http.MethodPost, u, []byte(form.Encode()))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := c.do(req, http.StatusOK)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
+	rq := c.newRequest(http.MethodPost, u, []byte(form.Encode()))
+	rq.header.Set("Content-Type", "application/x-www-form-urlencoded")
 	var raw []rawEntry
-	if err := json.NewDecoder(io.LimitReader(resp.Body, jsonLimit)).Decode(&raw); err != nil {
-		return nil, fmt.Errorf("POST %s: decoding the reply: %w", redact(u), err)
+	if _, err := c.do(ctx, rq, []int{http.StatusOK}, decodeInto(&raw)); err != nil {
+		return nil, err
 	}
 	out := make([]Entry, 0, len(raw))
 	for _, e := range raw {
@@ -185,6 +177,9 @@ func (c *Client) PathsInfo(ctx context.Context, r Repo, rev string, paths []stri
 }
 
 // FileInfo is what a HEAD of a file's resolve URL says, without following its redirect.
+// It is a value: nothing in this package changes one after FileInfo returned it (an
+// expired Location is replaced by a new FileInfo where it is used), so one may be shared
+// by goroutines.
 type FileInfo struct {
 	Repo     Repo
 	Revision string
@@ -212,16 +207,13 @@ func (c *Client) FileInfo(ctx context.Context, r Repo, rev, path string) (*FileI
 		return nil, err
 	}
 	u := c.resolveURL(r, rev, path)
-	req, err := c.request(ctx, http.MethodHead, u, nil)
+	rq := c.newRequest(http.MethodHead, u, nil)
+	rq.header.Set("Accept-Encoding", "identity")
+	resp, err := c.do(ctx, rq, []int{http.StatusOK, http.StatusFound, http.StatusTemporaryRedirect, http.StatusMovedPermanently,
+		http.StatusSeeOther, http.StatusPermanentRedirect}, nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept-Encoding", "identity")
-	resp, err := c.do(req, http.StatusOK, http.StatusFound, http.StatusTemporaryRedirect, http.StatusMovedPermanently, http.StatusSeeOther, http.StatusPermanentRedirect)
-	if err != nil {
-		return nil, err
-	}
-	resp.Body.Close()
 	f := &FileInfo{Repo: r, Revision: rev, Path: path, Commit: resp.Header.Get("X-Repo-Commit")}
 	if linked := resp.Header.Get("X-Linked-Etag"); linked != "" {
 		f.ETag = normalizeETag(linked)

@@ -28,7 +28,8 @@ type RemoteFile struct {
 	c     *Client
 	ctx   context.Context
 	stop  context.CancelFunc
-	info  *FileInfo
+	info  *FileInfo // never changed: Size, Path, ETag and Repo are read from it
+	loc   *location // where the bytes are; refreshed when storage URLs expire
 	chunk int64
 	ahead int64
 	n     int64 // number of chunks
@@ -59,7 +60,7 @@ func (c *Client) Open(ctx context.Context, f *FileInfo, o OpenOptions) *RemoteFi
 		o.ReadAhead = 4
 	}
 	ctx, stop := context.WithCancel(ctx)
-	r := &RemoteFile{c: c, ctx: ctx, stop: stop, info: f, chunk: o.Chunk, ahead: int64(o.ReadAhead),
+	r := &RemoteFile{c: c, ctx: ctx, stop: stop, info: f, loc: &location{f: f}, chunk: o.Chunk, ahead: int64(o.ReadAhead),
 		n: (f.Size + o.Chunk - 1) / o.Chunk, chunks: map[int64]*chunk{}}
 	if o.Verify && f.LFS && len(f.ETag) == 64 {
 		r.h = sha256.New()
@@ -144,7 +145,7 @@ func (r *RemoteFile) launch(i int64, inOrder bool) *chunk {
 	off := i * r.chunk
 	n := min(r.chunk, r.info.Size-off)
 	go func() {
-		data, err := r.c.ReadRange(r.ctx, r.info, off, n)
+		data, err := r.c.readRange(r.ctx, r.loc, off, n)
 		if err == nil {
 			r.served.Add(int64(len(data)))
 		} else {

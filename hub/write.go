@@ -14,88 +14,32 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/hashicorp/go-retryablehttp"
 )
-
-// WhoAmI is the token's owner and what the token may do.
-type WhoAmI struct {
-	Name      string
-	Orgs      []string // organizations the user belongs to
-	TokenRole string   // "read", "write" or "fineGrained"
-}
-
-// CanWrite reports whether the token may push to repos of the namespace: a write token
-// of the user or of one of their organizations. Fine-grained tokens cannot be judged
-// from whoami; the Hub will say when the upload starts.
-func (w *WhoAmI) CanWrite(namespace string) (bool, string) {
-	switch w.TokenRole {
-	case "write":
-	case "fineGrained":
-		return true, ""
-	default:
-		return false, fmt.Sprintf("the token of %s has the %q role; publishing needs a token with the write role", w.Name, w.TokenRole)
-	}
-	if namespace == w.Name {
-		return true, ""
-	}
-	for _, o := range w.Orgs {
-		if o == namespace {
-			return true, ""
-		}
-	}
-	return false, fmt.Sprintf("%s may not write to the namespace %s (not the user, nor one of their organizations %v)", w.Name, namespace, w.Orgs)
-}
-
-// WhoAmI asks whom the token belongs to.
-func (c *Client) WhoAmI(ctx context.Context) (*WhoAmI, error) {
-	var raw struct {
-		Name string `json:"name"`
-		Orgs []struct {
-			Name string `json:"name"`
-		} `json:"orgs"`
-		Auth struct {
-			AccessToken struct {
-				Role string `json:"role"`
-			} `json:"accessToken"`
-		} `json:"auth"`
-	}
-	if _, err := c.getJSON(ctx, c.apiURL("/api/whoami-v2", nil), &raw); err != nil {
-		return nil, err
-	}
-	w := &WhoAmI{Name: raw.Name, TokenRole: raw.Auth.AccessToken.Role}
-	for _, o := range raw.Orgs {
-		w.Orgs = append(w.Orgs, o.Name)
-	}
-	return w, nil
-}
 
 // postJSON posts a JSON body and decodes a JSON reply; the request is retried.
 func (c *Client) postJSON(ctx context.Context, u *url.URL, contentType string, in, out any, ok ...int) (*http.Response, error) {
+	return c.postJSONTimeout(ctx, u, contentType, 0, in, out, ok...)
+}
+
+// postJSONTimeout is postJSON for a request the server may work on for long before it
+// answers.
+func (c *Client) postJSONTimeout(ctx context.Context, u *url.URL, contentType string, headerTimeout time.Duration, in, out any, ok ...int) (*http.Response, error) {
 	body, err := json.Marshal(in)
 	if err != nil {
 		return nil, err
 	}
-	req, err := c.request(ctx, http.MethodPost, u, body)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", contentType)
-	req.Header.Set("Accept", contentType)
+	rq := c.newRequest(http.MethodPost, u, body)
+	rq.header.Set("Content-Type", contentType)
+	rq.header.Set("Accept", contentType)
+	rq.headerTimeout = headerTimeout
 	if len(ok) == 0 {
 		ok = []int{http.StatusOK}
 	}
-	resp, err := c.do(req, ok...)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
+	var consume func(*http.Response) error
 	if out != nil {
-		if err := json.NewDecoder(io.LimitReader(resp.Body, jsonLimit)).Decode(out); err != nil {
-			return nil, fmt.Errorf("POST %s: decoding the reply: %w", redact(u), err)
-		}
+		consume = decodeInto(out)
 	}
-	return resp, nil
+	return c.do(ctx, rq, ok, consume)
 }
 
 // CreateRepo creates a model repo; an existing one is fine (existed reports it).
@@ -293,23 +237,21 @@ func (c *Client) PutPart(ctx context.Context, href string, header map[string]str
 	if err != nil {
 		return "", err
 	}
-	req, err := c.request(ctx, http.MethodPut, u, retryablehttp.ReaderFunc(body))
-	if err != nil {
-		return "", err
-	}
-	req.ContentLength = size
+	rq := c.newRequest(http.MethodPut, u, nil)
+	rq.body, rq.size = body, size
 	for k, v := range header {
 		if _, err := strconv.Atoi(k); err == nil || k == "chunk_size" {
 			continue // multipart bookkeeping, not HTTP headers
 		}
-		req.Header.Set(k, v)
+		rq.header.Set(k, v)
 	}
-	resp, err := c.do(req, http.StatusOK, http.StatusCreated, http.StatusNoContent)
+	resp, err := c.do(ctx, rq, []int{http.StatusOK, http.StatusCreated, http.StatusNoContent}, func(resp *http.Response) error {
+		_, err := io.Copy(io.Discard, io.LimitReader(resp.Body, errorBodyLimit))
+		return err
+	})
 	if err != nil {
 		return "", err
 	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, errorBodyLimit))
-	resp.Body.Close()
 	return resp.Header.Get("ETag"), nil
 }
 
@@ -330,7 +272,7 @@ func (c *Client) CompleteMultipart(ctx context.Context, href, oid string, etags 
 	for i, e := range etags {
 		in.Parts = append(in.Parts, part{i + 1, e})
 	}
-	_, err = c.postJSON(ctx, u, "application/vnd.git-lfs+json", in, nil)
+	_, err = c.postJSONTimeout(ctx, u, "application/vnd.git-lfs+json", slowReplyTimeout, in, nil)
 	return err
 }
 
@@ -405,15 +347,10 @@ func (c *Client) Commit(ctx context.Context, r Repo, rev string, in CommitReques
 		q.Set("create_pr", "1")
 	}
 	u := c.apiURL(r.apiPath()+"/commit/"+escapeRev(rev), q)
-	req, err := c.request(ctx, http.MethodPost, u, b.Bytes())
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-ndjson")
-	payload := b.Bytes()
-	req.Request.Body = io.NopCloser(bytes.NewReader(payload))
-	req.Request.ContentLength = int64(len(payload))
-	resp, err := c.once(req)
+	rq := c.newRequest(http.MethodPost, u, b.Bytes())
+	rq.header.Set("Content-Type", "application/x-ndjson")
+	rq.headerTimeout = slowReplyTimeout
+	resp, err := c.once(ctx, rq)
 	if err != nil {
 		return nil, err
 	}
@@ -423,32 +360,31 @@ func (c *Client) Commit(ctx context.Context, r Repo, rev string, in CommitReques
 		CommitURL      string `json:"commitUrl"`
 		PullRequestURL string `json:"pullRequestUrl"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, jsonLimit)).Decode(&out); err != nil {
-		return nil, fmt.Errorf("POST %s: %w (%v)", redact(u), ErrCommitUnknown, err)
+	if err := decodeInto(&out)(resp); err != nil {
+		return nil, fmt.Errorf("%s: %w (%v)", rq, ErrCommitUnknown, err)
 	}
 	return &CommitResult{OID: out.CommitOid, URL: out.CommitURL, PullRequestURL: out.PullRequestURL}, nil
 }
 
-// once sends a request exactly once. A network failure or a gateway error leaves its
-// effect unknown.
-func (c *Client) once(r *retryablehttp.Request) (*http.Response, error) {
-	resp, err := c.rc.HTTPClient.Do(r.Request)
+// once sends a request exactly once. A network failure, a timeout or a gateway error
+// leaves its effect unknown.
+func (c *Client) once(ctx context.Context, rq *request) (*http.Response, error) {
+	resp, err := c.send(ctx, rq)
 	if err != nil {
-		if r.Context().Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, ErrOffline) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("POST %s: %w (%v)", redact(r.URL), ErrCommitUnknown, err)
+		return nil, fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated:
 		return resp, nil
 	case resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout || resp.StatusCode == http.StatusServiceUnavailable:
-		err := responseError(resp)
-		resp.Body.Close()
-		return nil, fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+		defer resp.Body.Close()
+		return nil, fmt.Errorf("%w: %w", ErrCommitUnknown, responseError(resp, c.token))
 	}
 	defer resp.Body.Close()
-	return nil, responseError(resp)
+	return nil, responseError(resp, c.token)
 }
 
 // BranchHead is the commit a branch points to.

@@ -86,7 +86,7 @@ func put(ctx context.Context, t *Target, obj Object, o Options) (bool, error) {
 }
 
 // expired says whether storage refused a presigned URL because it expired.
-func expired(err error) bool { return errors.Is(err, hub.ErrForbidden) }
+func expired(err error) bool { return errors.Is(err, hub.ErrURLExpired) }
 
 // putPart sends [off, off+n) of r to a presigned URL. Every attempt reads the section
 // again, and takes back from the progress what a failed attempt counted.

@@ -10,10 +10,22 @@
 // runs. --seed commits DIR/<owner>/<name>/** (and DIR/datasets/..., DIR/spaces/...)
 // at start, *.safetensors and other .gitattributes patterns and files over
 // --lfs-threshold as LFS; files already identical on the branch are skipped.
+//
+// --down-rate and --up-rate model the user's link: one download rate shared by every
+// CDN and resolve body, one upload rate shared by every upload PUT and commit body
+// (e.g. --down-rate 50MB --up-rate 25MB; MB is 10^6 bytes, MiB 2^20), and --latency
+// delays every request. On shutdown it prints "stats {json}" with bytes_down,
+// bytes_up, requests, commits and faults_fired.
+//
+// Tokens: --token VALUE=[USER:]SCOPE with SCOPE read, write, app (an OAuth/app token:
+// whoami has no accessToken) or fineGrained:ENTITY=PERM+PERM,... where ENTITY is
+// user/NAME, org/NAME or model/OWNER/NAME, e.g.
+// --token hf_fg=alice:fineGrained:user/alice=repo.content.read+repo.write.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -55,8 +67,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	chunk := fs.Int64("chunk-size", 64<<20, "multipart chunk size in `bytes`")
 	pageSize := fs.Int("page-size", 1000, "tree page size (expand=true pages hold 50 or fewer)")
 	verbose := fs.Bool("v", false, "log every request")
+	var downRate, upRate byteRate
+	fs.Var(&downRate, "down-rate", "shared download `rate` per second (e.g. 50MB, 40MiB; 0 unlimited)")
+	fs.Var(&upRate, "up-rate", "shared upload `rate` per second (e.g. 25MB; 0 unlimited)")
+	latency := fs.Duration("latency", 0, "`delay` added to every request (e.g. 20ms)")
 	var tokens, orgs listFlag
-	fs.Var(&tokens, "token", "`VALUE=[USER:]SCOPE` token to accept, SCOPE read or write (repeatable)")
+	fs.Var(&tokens, "token", "`VALUE=[USER:]SCOPE` token to accept, SCOPE read, write, app or fineGrained:ENTITY=PERM+PERM,... (repeatable)")
 	fs.Var(&orgs, "org", "`ORG=USER,USER` organization members (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -69,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		hubtest.WithLFSThreshold(*lfsThreshold),
 		hubtest.WithMultipartChunkSize(*chunk),
 		hubtest.WithTreePageSize(*pageSize, min(*pageSize, 50)),
+		hubtest.WithLink(int64(downRate), int64(upRate)),
+		hubtest.WithLatency(*latency),
 	}
 	for _, t := range tokens {
 		o, err := parseToken(t, *user)
@@ -137,7 +155,23 @@ func serve(ctx context.Context, opts []hubtest.Option, addr, cdnAddr, seedDir st
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
+	printStats(stdout, h.Stats())
 	return err
+}
+
+// printStats writes one line "stats {json}" with what crossed the user's link, for
+// scripts that compare a run with the link's floor.
+func printStats(w io.Writer, st hubtest.Stats) {
+	requests, commits := 0, 0
+	for _, n := range st.Requests {
+		requests += n
+	}
+	for _, n := range st.Commits {
+		commits += n
+	}
+	b, _ := json.Marshal(map[string]int64{"bytes_down": st.BytesDown, "bytes_up": st.BytesUp,
+		"requests": int64(requests), "commits": int64(commits), "faults_fired": int64(st.FaultsFired)})
+	fmt.Fprintf(w, "stats %s\n", b)
 }
 
 // nextPort is the default CDN address: the Hub's host, next port (or any port when
@@ -157,13 +191,78 @@ func parseToken(s, defaultUser string) (hubtest.Option, error) {
 		return nil, errors.New("want VALUE=[USER:]SCOPE")
 	}
 	user, scope, ok := strings.Cut(rest, ":")
-	if !ok {
+	if !ok || strings.HasPrefix(rest, string(hubtest.ScopeFineGrained)) {
 		user, scope = defaultUser, rest
 	}
-	switch hubtest.Scope(scope) {
+	kind, perms, _ := strings.Cut(scope, ":")
+	switch hubtest.Scope(kind) {
 	case hubtest.ScopeRead, hubtest.ScopeWrite:
-	default:
-		return nil, fmt.Errorf("scope %q: want read or write", scope)
+		return hubtest.WithToken(value, user, hubtest.Scope(kind)), nil
+	case hubtest.ScopeApp:
+		return hubtest.WithAppToken(value, user), nil
+	case hubtest.ScopeFineGrained:
+		fg, err := parseFineGrained(perms)
+		if err != nil {
+			return nil, err
+		}
+		return hubtest.WithFineGrainedToken(value, user, fg), nil
 	}
-	return hubtest.WithToken(value, user, hubtest.Scope(scope)), nil
+	return nil, fmt.Errorf("scope %q: want read, write, app or fineGrained:ENTITY=PERM+PERM,...", scope)
+}
+
+// parseFineGrained reads ENTITY=PERM+PERM,... with ENTITY user/NAME, org/NAME,
+// model/OWNER/NAME (dataset/, space/) or "global".
+func parseFineGrained(s string) (hubtest.FineGrained, error) {
+	var fg hubtest.FineGrained
+	if s == "" {
+		return fg, errors.New("fineGrained: want ENTITY=PERM+PERM,... (e.g. user/alice=repo.write)")
+	}
+	for _, part := range strings.Split(s, ",") {
+		entity, perms, ok := strings.Cut(part, "=")
+		list := strings.Split(perms, "+")
+		if !ok || perms == "" {
+			return fg, fmt.Errorf("fineGrained: %q: want ENTITY=PERM+PERM", part)
+		}
+		if entity == "global" {
+			fg.Global = append(fg.Global, list...)
+			continue
+		}
+		kind, name, ok := strings.Cut(entity, "/")
+		switch {
+		case !ok || name == "":
+			return fg, fmt.Errorf("fineGrained: entity %q: want user/NAME, org/NAME, model/OWNER/NAME or global", entity)
+		case kind == "user" || kind == "org" || kind == "model" || kind == "dataset" || kind == "space":
+			fg.Scoped = append(fg.Scoped, hubtest.Scoped{EntityType: kind, Entity: name, Permissions: list})
+		default:
+			return fg, fmt.Errorf("fineGrained: entity kind %q: want user, org, model, dataset or space", kind)
+		}
+	}
+	return fg, nil
+}
+
+// byteRate is a flag of bytes per second: a number with an optional unit, decimal (KB,
+// MB, GB) or binary (KiB, MiB, GiB); "/s" may follow.
+type byteRate int64
+
+func (b *byteRate) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteRate) Set(s string) error {
+	t := strings.TrimSuffix(strings.TrimSpace(s), "/s")
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := 1.0
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || f*mult > 1e15 || f != f {
+		return fmt.Errorf("%q: want a rate such as 50MB or 40MiB", s)
+	}
+	*b = byteRate(f * mult)
+	return nil
 }

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // start runs hubfake until the test ends and returns its Hub and CDN URLs.
@@ -128,6 +130,8 @@ func TestUsage(t *testing.T) {
 		{"--org", "=x"},
 		{"extra"},
 		{"--no-such-flag"},
+		{"--down-rate", "fast"},
+		{"--token", "hf=alice:fineGrained:nowhere"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(t.Context(), args, &out, &errb); code != 2 {
@@ -137,5 +141,88 @@ func TestUsage(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run(t.Context(), []string{"--addr", "127.0.0.1:0", "--state", "/dev/null/x", "--seed", "/nonexistent"}, &out, &errb); code != 1 {
 		t.Errorf("bad seed dir: exit %d, want 1", code)
+	}
+}
+
+func TestLinkAndTokenFlags(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir+"/alice/m/w.safetensors", bytes.Repeat([]byte("x"), 200_000))
+	hub, _, _, _ := start(t, "--seed", dir, "--down-rate", "1MB", "--up-rate", "1MiB", "--latency", "30ms",
+		"--token", "hf_app=alice:app", "--token", "hf_fg=alice:fineGrained:user/alice=repo.content.read+repo.write,global=discussion.write")
+	begin := time.Now()
+	code, body := get(t, hub+"/api/whoami-v2", "hf_app")
+	if code != 200 || !strings.Contains(body, `"app_token_as_user"`) || strings.Contains(body, "accessToken") {
+		t.Fatalf("app whoami: %d %s", code, body)
+	}
+	if took := time.Since(begin); took < 30*time.Millisecond {
+		t.Errorf("a request took %v, under the 30ms latency", took)
+	}
+	code, body = get(t, hub+"/api/whoami-v2", "hf_fg")
+	if code != 200 || !strings.Contains(body, `"role":"fineGrained"`) || !strings.Contains(body, `"repo.write"`) || !strings.Contains(body, `"discussion.write"`) {
+		t.Fatalf("fine-grained whoami: %d %s", code, body)
+	}
+	// 200 KB through a 1 MB/s download link take at least 0.2 s.
+	begin = time.Now()
+	code, body = get(t, hub+"/alice/m/resolve/main/w.safetensors", "") // the redirect would carry a token to the CDN
+	if code != 200 || len(body) != 200_000 {
+		t.Fatalf("download: %d, %d bytes", code, len(body))
+	}
+	if took := time.Since(begin); took < 200*time.Millisecond {
+		t.Errorf("200 KB took %v through a 1 MB/s link", took)
+	}
+}
+
+func TestByteRate(t *testing.T) {
+	for in, want := range map[string]int64{"50MB": 50e6, "40MiB": 40 << 20, "1.5GB/s": 1.5e9, "1000": 1000, "0": 0, "10 KB": 10e3} {
+		var b byteRate
+		if err := b.Set(in); err != nil || int64(b) != want {
+			t.Errorf("%q: %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"fast", "-1MB", "NaN", "1e30GB"} {
+		var b byteRate
+		if err := b.Set(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+func TestStatsOnShutdown(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"--addr", "127.0.0.1:0", "--token", "hf_w=alice:write"}, pw, io.Discard)
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	var hub, stats string
+	for sc.Scan() {
+		line := sc.Text()
+		if u, ok := strings.CutPrefix(line, "hub "); ok {
+			hub = u
+		}
+		if strings.HasPrefix(line, "export ") {
+			body := strings.NewReader(`{"name":"m"}`)
+			req, _ := http.NewRequest("POST", hub+"/api/repos/create", body)
+			req.Header.Set("Authorization", "Bearer hf_w")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			cancel()
+		}
+		if s, ok := strings.CutPrefix(line, "stats "); ok {
+			stats = s
+		}
+	}
+	if c := <-code; c != 0 {
+		t.Fatalf("exit %d", c)
+	}
+	var st map[string]int64
+	if err := json.Unmarshal([]byte(stats), &st); err != nil || st["requests"] != 1 || st["bytes_down"] != 0 {
+		t.Fatalf("stats line %q: %v", stats, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -144,12 +145,46 @@ func (h *Hub) repoFor(c *call, p principal, need access) (*repo, bool) {
 			writeError(c.w, http.StatusUnauthorized, "", "You must be authenticated to perform this action.")
 			return nil, false
 		}
-		if !member || p.token.Scope != ScopeWrite {
-			writeError(c.w, http.StatusForbidden, "", "You don't have the rights to write to "+rp.ID+" (token \""+p.token.Name+"\" is "+string(p.token.Scope)+").")
+		if ok, msg := h.mayWriteLocked(p.token, c.repo.kind, rp.ID); !ok {
+			writeError(c.w, http.StatusForbidden, "", msg)
 			return nil, false
 		}
 	}
 	return rp, true
+}
+
+// mayWriteLocked decides whether token t may write to (or create) the repo id of kind,
+// with the Hub's message when it may not. The user must be the owner or a member of
+// the owning org; a write or app token may then write; a fine-grained token needs
+// repo.write globally, on the owner's user or org entity, or on the repo itself.
+func (h *Hub) mayWriteLocked(t Token, kind, id string) (bool, string) {
+	ns, _, _ := strings.Cut(id, "/")
+	if !h.isMemberLocked(t.User, ns) {
+		return false, "You don't have the rights to write to " + id + " (" + t.User + " is not " + ns + " nor one of its members)."
+	}
+	switch t.Scope {
+	case ScopeWrite, ScopeApp:
+		return true, ""
+	case ScopeFineGrained:
+		entity := "user"
+		if ns != t.User {
+			entity = "org"
+		}
+		if fg := t.FineGrained; fg != nil {
+			if slices.Contains(fg.Global, PermRepoWrite) {
+				return true, ""
+			}
+			for _, s := range fg.Scoped {
+				if ((s.EntityType == entity && s.Entity == ns) || (s.EntityType == kind && s.Entity == id)) &&
+					slices.Contains(s.Permissions, PermRepoWrite) {
+					return true, ""
+				}
+			}
+		}
+		return false, "This action is not allowed by the fine-grained permissions of the token \"" + t.Name +
+			"\": it lacks " + PermRepoWrite + " on the " + entity + " " + ns + "."
+	}
+	return false, "You don't have the rights to write to " + id + " (token \"" + t.Name + "\" is " + string(t.Scope) + ")."
 }
 
 // whoami answers /api/whoami-v2 in the Hub's shape, trimmed to what clients read:
@@ -190,12 +225,33 @@ func (h *Hub) whoami(c *call) {
 		"isPro":         false,
 		"canPay":        false,
 		"orgs":          orgs,
-		"auth": map[string]any{
-			"type": "access_token",
-			"accessToken": map[string]any{
-				"displayName": p.token.Name,
-				"role":        string(p.token.Scope),
-			},
-		},
+		"auth":          authInfo(p.token),
 	})
+}
+
+// authInfo is whoami-v2's auth object for a token, in the Hub's shapes (docs/hub.md):
+// classic tokens {type: "access_token", accessToken: {displayName, role}}; fine-grained
+// ones add role "fineGrained" and fineGrained {canReadGatedRepos, global, scoped:
+// [{entity: {_id, type, name}, permissions}]}; app and OAuth tokens have
+// {type: "app_token_as_user"} and no accessToken.
+func authInfo(t Token) map[string]any {
+	if t.Scope == ScopeApp {
+		return map[string]any{"type": "app_token_as_user"}
+	}
+	at := map[string]any{"displayName": t.Name, "role": string(t.Scope)}
+	if t.Scope == ScopeFineGrained {
+		fg := FineGrained{}
+		if t.FineGrained != nil {
+			fg = *t.FineGrained
+		}
+		scoped := []map[string]any{}
+		for _, s := range fg.Scoped {
+			scoped = append(scoped, map[string]any{
+				"entity":      map[string]string{"_id": objectID(s.EntityType + ":" + s.Entity), "type": s.EntityType, "name": s.Entity},
+				"permissions": append([]string{}, s.Permissions...),
+			})
+		}
+		at["fineGrained"] = map[string]any{"canReadGatedRepos": false, "global": append([]string{}, fg.Global...), "scoped": scoped}
+	}
+	return map[string]any{"type": "access_token", "accessToken": at}
 }

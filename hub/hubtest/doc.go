@@ -15,8 +15,12 @@
 // # What it implements
 //
 // Hub host (Handler, URL):
-//   - GET /api/whoami-v2: name, orgs (roleInOrg), auth.accessToken.{displayName, role}
-//     with role "read" or "write"; 401 without a valid token.
+//   - GET /api/whoami-v2: name, orgs (roleInOrg), and auth in the Hub's shapes:
+//     {type: "access_token", accessToken: {displayName, role}} with role "read",
+//     "write" or "fineGrained" (then fineGrained {canReadGatedRepos, global, scoped:
+//     [{entity: {_id, type, name}, permissions}]}); {type: "app_token_as_user"} with no
+//     accessToken for app/OAuth tokens (WithAppToken, WithFineGrainedToken); 401
+//     without a valid token.
 //   - POST /api/repos/create: name[/organization], type, private or visibility,
 //     files; 409 with "url" if it exists. New repos get an "initial commit" holding the
 //     default .gitattributes (*.safetensors, *.bin, ... are LFS), as on the Hub.
@@ -54,7 +58,9 @@
 // the caller may not read look alike: 401 without a valid token, 404 with one. An
 // unknown token is 401 "Invalid credentials in Authorization header". Writing needs a
 // write token of the owner or of a member of the owning org (WithOrg): 401 without a
-// token, 403 otherwise. Gated repos show metadata but refuse contents (401/403
+// token, 403 otherwise; an app token writes like its user, a fine-grained token where it
+// has repo.write (globally, on the owner's user or org entity, or on the repo), on repo
+// create, preupload, LFS batch, verify and commit alike. Gated repos show metadata but refuse contents (401/403
 // GatedRepo) to anyone but members and users granted access (GrantAccess).
 //
 // CDN host (CDNHandler, CDNURL): GET|HEAD /lfs/{sha256} with Range (bytes=a-b, a-,
@@ -66,10 +72,17 @@
 // (Stats.CDNAuthRejected). Start puts the CDN on 127.0.0.2 when it can, so it is a
 // different host for clients, not just a different port.
 //
-// Faults (Hub.Fault): a status N times (5xx, 429 with Retry-After and RateLimit),
-// a delay, a slow body, a connection cut after N response bytes (or N request bytes
+// Faults (Hub.Fault): a status N times with the fake's or a given message (5xx, a 403
+// "storage quota exceeded", 429 with Retry-After and RateLimit, or RateLimit alone), a
+// delay, a slow body, a request held without a reply (Hang), headers and N bytes then
+// a stalled body (Stall), a connection cut after N response bytes (or N request bytes
 // for uploads), an expired signed URL, or a request applied and its reply lost
 // (ApplyThenLose: status, or connection closed). FaultHandle.Fired says it happened.
+//
+// A modelled link (WithLink, WithLatency): one download rate shared by every CDN and
+// resolve reply body, one upload rate shared by every upload PUT (basic and parts) and
+// commit request body, and a latency added to each request. Stats.BytesDown and BytesUp
+// count the bytes that crossed it.
 //
 // The official JavaScript client runs against the fake in interop/ (build tag
 // "interop"); what it taught is written down there.
@@ -90,7 +103,8 @@
 // with OnBranch/WithTag), abbreviated revisions in URLs, securityFileStatus,
 // safetensors metadata in model info, rate limiting other than scripted faults, the
 // 50 GB CDN limit, expiry of uploaded-but-uncommitted objects, gated-repo access
-// requests, and fine-grained tokens. Commit ids look like git ids but are not git
+// requests, and fine-grained read permissions (a fine-grained token reads what its
+// user may). Commit ids look like git ids but are not git
 // objects. Pull requests need write access to the repo (the Hub lets any user open
 // one). Everything is held in memory.
 package hubtest

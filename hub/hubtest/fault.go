@@ -24,9 +24,15 @@ type Fault struct {
 	// on the Hub host, an S3-style XML error on the CDN host). With ApplyThenLose it is
 	// the status of the reply that replaces the real one.
 	Status int
+	// Message replaces the scripted fault's error message of a Status fault (for a 403
+	// "storage quota exceeded", or a message that echoes the token).
+	Message string
 	// RetryAfter adds Retry-After (whole seconds) and a RateLimit header with r=0, as
 	// the Hub does on 429.
 	RetryAfter time.Duration
+	// RateLimit adds only the RateLimit header `"api";r=0;t=<whole seconds>` (and
+	// RateLimit-Policy), without Retry-After.
+	RateLimit time.Duration
 	// Delay waits before the request is handled (or the fault answered).
 	Delay time.Duration
 	// Drop cuts the connection without a complete reply. With DropAfterBytes = 0 it is
@@ -40,6 +46,13 @@ type Fault struct {
 	// (SlowChunk defaults to 4 KiB).
 	SlowBody  time.Duration
 	SlowChunk int
+	// Hang holds the request without a reply until the client gives up (or the Hub
+	// closes): a server that accepts connections and never answers.
+	Hang bool
+	// Stall sends the reply's headers and its first StallAfterBytes body bytes, then
+	// nothing more until the client gives up: headers, then a stalled body.
+	Stall           bool
+	StallAfterBytes int64
 	// ExpiredURL answers as storage does for an expired signed URL: 403 with an
 	// S3-style AccessDenied "Request has expired" body.
 	ExpiredURL bool

@@ -21,15 +21,39 @@ type Scope string
 const (
 	ScopeRead  Scope = "read"
 	ScopeWrite Scope = "write"
+	// ScopeFineGrained is a fine-grained token: it may write where FineGrained grants
+	// repo.write (globally, for the owner's user or org entity, or for the repo).
+	ScopeFineGrained Scope = "fineGrained"
+	// ScopeApp is an OAuth or app token acting as the user: whoami-v2 reports
+	// auth.type "app_token_as_user" and no accessToken; it may write like the user.
+	ScopeApp Scope = "app"
 )
 
 // Token is an access token the fake accepts as "Authorization: Bearer <Value>".
 type Token struct {
-	Value string // the secret sent by clients
-	Name  string // the token's display name, reported by whoami-v2
-	User  string // the account it belongs to
-	Scope Scope
+	Value       string // the secret sent by clients
+	Name        string // the token's display name, reported by whoami-v2
+	User        string // the account it belongs to
+	Scope       Scope
+	FineGrained *FineGrained // the permissions of a ScopeFineGrained token
 }
+
+// FineGrained is what a fine-grained token may do, as whoami-v2 reports it under
+// auth.accessToken.fineGrained.
+type FineGrained struct {
+	Global []string // permissions on no particular entity
+	Scoped []Scoped
+}
+
+// Scoped is a fine-grained token's permissions on one entity.
+type Scoped struct {
+	EntityType  string   // "user", "org", or a repo kind: "model", "dataset", "space"
+	Entity      string   // the user or org name, or the repo id
+	Permissions []string // e.g. "repo.content.read", "repo.write"
+}
+
+// PermRepoWrite is the fine-grained permission to push to a repo (and create one).
+const PermRepoWrite = "repo.write"
 
 type config struct {
 	lfsThreshold   int64
@@ -44,6 +68,9 @@ type config struct {
 	logf           func(format string, args ...any)
 	tokens         []Token
 	orgs           map[string][]string
+	downRate       int64
+	upRate         int64
+	latency        time.Duration
 }
 
 // Option configures a Hub.
@@ -84,6 +111,22 @@ func WithToken(value, user string, scope Scope) Option {
 	}
 }
 
+// WithAppToken registers an OAuth/app token of user (whoami-v2: auth.type
+// "app_token_as_user", no accessToken); it may write like the user.
+func WithAppToken(value, user string) Option {
+	return func(c *config) {
+		c.tokens = append(c.tokens, Token{Value: value, Name: "app-" + user, User: user, Scope: ScopeApp})
+	}
+}
+
+// WithFineGrainedToken registers a fine-grained token of user with the given
+// permissions; writes are allowed where they grant repo.write.
+func WithFineGrainedToken(value, user string, fg FineGrained) Option {
+	return func(c *config) {
+		c.tokens = append(c.tokens, Token{Value: value, Name: "fine-" + user, User: user, Scope: ScopeFineGrained, FineGrained: &fg})
+	}
+}
+
 // WithOrg declares an organization and its members; members may write to its repos
 // (with a write token) and read its private repos.
 func WithOrg(org string, members ...string) Option {
@@ -120,6 +163,7 @@ type Hub struct {
 
 	faults   faultSet
 	stats    recorder
+	down, up *bucket      // the modelled link (WithLink); nil: unlimited
 	inflight atomic.Int64 // requests being handled (WaitIdle)
 
 	srvMu   sync.Mutex
@@ -154,6 +198,7 @@ func New(opts ...Option) *Hub {
 	}
 	rand.Read(h.key)
 	h.stats.init()
+	h.down, h.up = newBucket(cfg.downRate), newBucket(cfg.upRate)
 	for _, t := range cfg.tokens {
 		h.tokens[t.Value] = t
 	}

@@ -99,9 +99,12 @@ func (h *Hub) createRepo(c *call) {
 	k := repoKey{kind, ns + "/" + name}
 	url := h.baseURL(c.r) + "/" + k.String()
 	h.mu.Lock()
-	if !h.isMemberLocked(p.token.User, ns) || p.token.Scope != ScopeWrite {
+	if ok, msg := h.mayWriteLocked(p.token, kind, k.id); !ok {
 		h.mu.Unlock()
-		writeError(c.w, http.StatusForbidden, "", "You don't have the rights to create a "+kind+" under the namespace \""+ns+"\"")
+		if !h.isMemberLocked(p.token.User, ns) || p.token.Scope == ScopeRead {
+			msg = "You don't have the rights to create a " + kind + " under the namespace \"" + ns + "\""
+		}
+		writeError(c.w, http.StatusForbidden, "", msg)
 		return
 	}
 	rp, err := h.createRepoLocked(k, private, p.token.User, extra)

@@ -1,6 +1,7 @@
 package hubtest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -39,9 +40,16 @@ func (h *Hub) serve(host string, w http.ResponseWriter, r *http.Request) {
 	i := h.stats.begin(host, r, c.route, h.cfg.now())
 	h.inflight.Add(1)
 	defer h.inflight.Add(-1)
-	body := &countingReader{r: r.Body}
+	down, up := linkOf(c.route)
+	body := &countingReader{r: r.Body, ctx: r.Context()}
+	if up {
+		body.link, body.rec = h.up, &h.stats
+	}
 	r.Body = body
-	mw := &meteredWriter{ResponseWriter: w, rec: &h.stats, host: host, dropAt: -1, req: r}
+	mw := &meteredWriter{ResponseWriter: w, rec: &h.stats, host: host, dropAt: -1, stallAt: -1, req: r, down: down}
+	if down {
+		mw.link = h.down
+	}
 	c.w, c.r, c.mw = mw, r, mw
 	faulted := false
 	defer func() {
@@ -56,6 +64,9 @@ func (h *Hub) serve(host string, w http.ResponseWriter, r *http.Request) {
 	}()
 	if host == HostHub {
 		w.Header().Set("X-Request-Id", newID(12))
+	}
+	if h.cfg.latency > 0 && !sleepCtx(r, h.cfg.latency) {
+		return
 	}
 	if c.route == RouteUnknown {
 		writeError(c.w, http.StatusNotFound, "", "Sorry, we can't find the page you are looking for.")
@@ -92,6 +103,11 @@ func (h *Hub) applyFault(c *call, f Fault) {
 		c.w.Header().Set("RateLimit", fmt.Sprintf(`"api";r=0;t=%d`, secs))
 		c.w.Header().Set("RateLimit-Policy", `"fixed window";"api";q=500;w=300`)
 	}
+	if f.RateLimit > 0 {
+		secs := int((f.RateLimit + time.Second - 1) / time.Second)
+		c.w.Header().Set("RateLimit", fmt.Sprintf(`"api";r=0;t=%d`, secs))
+		c.w.Header().Set("RateLimit-Policy", `"fixed window";"api";q=500;w=300`)
+	}
 	c.mw.slow, c.mw.slowChunk = f.SlowBody, f.SlowChunk
 	switch {
 	case f.ApplyThenLose:
@@ -100,10 +116,15 @@ func (h *Hub) applyFault(c *call, f Fault) {
 		inner.w, inner.mw = rec, nil
 		h.dispatch(&inner)
 		if f.Status != 0 {
-			writeFaultStatus(c, f.Status)
+			writeFaultStatus(c, f.Status, f.Message)
 			return
 		}
 		c.mw.cut()
+	case f.Hang:
+		<-c.r.Context().Done()
+	case f.Stall:
+		c.mw.stallAt = f.StallAfterBytes
+		h.dispatch(c)
 	case f.ExpiredURL:
 		writeS3Error(c.w, http.StatusForbidden, "AccessDenied", "Request has expired")
 	case f.Drop && f.DropAfterBytes <= 0:
@@ -116,14 +137,16 @@ func (h *Hub) applyFault(c *call, f Fault) {
 		io.CopyN(io.Discard, c.r.Body, f.DropAfterBytes)
 		c.mw.cut()
 	case f.Status != 0:
-		writeFaultStatus(c, f.Status)
+		writeFaultStatus(c, f.Status, f.Message)
 	default:
 		h.dispatch(c)
 	}
 }
 
-func writeFaultStatus(c *call, status int) {
-	msg := fmt.Sprintf("hubtest: scripted fault (%d %s)", status, http.StatusText(status))
+func writeFaultStatus(c *call, status int, msg string) {
+	if msg == "" {
+		msg = fmt.Sprintf("hubtest: scripted fault (%d %s)", status, http.StatusText(status))
+	}
 	if c.mw.host == HostCDN {
 		writeS3Error(c.w, status, "InternalError", msg)
 		return
@@ -180,15 +203,28 @@ func (h *Hub) dispatch(c *call) {
 	}
 }
 
-// countingReader counts request body bytes.
+// countingReader counts request body bytes and, for bodies that cross the upload
+// link, paces them to its rate.
 type countingReader struct {
-	r io.ReadCloser
-	n int64
+	r    io.ReadCloser
+	n    int64
+	ctx  context.Context
+	link *bucket   // nil: unlimited
+	rec  *recorder // set for bodies that count as upload
 }
 
 func (cr *countingReader) Read(p []byte) (int, error) {
+	if cr.rec != nil && len(p) > linkChunk {
+		p = p[:linkChunk]
+	}
 	n, err := cr.r.Read(p)
 	cr.n += int64(n)
+	if cr.rec != nil && n > 0 {
+		cr.rec.add(func(s *Stats) { s.BytesUp += int64(n) })
+		if !cr.link.wait(cr.ctx, n) {
+			return n, cr.ctx.Err()
+		}
+	}
 	return n, err
 }
 
@@ -201,10 +237,13 @@ type meteredWriter struct {
 	rec       *recorder
 	req       *http.Request
 	host      string
+	down      bool   // the body counts as download (Stats.BytesDown)
 	fileKey   string // set by handlers that serve a file's bytes
 	status    int
 	n         int64
-	dropAt    int64 // -1: never
+	dropAt    int64   // -1: never
+	stallAt   int64   // -1: never; else the body stops after this many bytes
+	link      *bucket // the modelled download link this body goes through, if any
 	slow      time.Duration
 	slowChunk int
 	cutDone   bool
@@ -225,6 +264,12 @@ func (m *meteredWriter) Write(p []byte) (int, error) {
 	}
 	if m.status == 0 {
 		m.WriteHeader(http.StatusOK)
+	}
+	if m.stallAt >= 0 && m.n+int64(len(p)) > m.stallAt {
+		n, _ := m.write(p[:max(m.stallAt-m.n, 0)])
+		http.NewResponseController(m.ResponseWriter).Flush()
+		<-m.req.Context().Done()
+		return n, m.req.Context().Err()
 	}
 	if m.dropAt >= 0 && m.n+int64(len(p)) > m.dropAt {
 		k := int(m.dropAt - m.n)
@@ -249,6 +294,12 @@ func (m *meteredWriter) write(p []byte) (int, error) {
 				return total, m.req.Context().Err()
 			}
 		}
+		if m.link != nil {
+			chunk = chunk[:min(linkChunk, len(chunk))]
+			if !m.link.wait(m.req.Context(), len(chunk)) {
+				return total, m.req.Context().Err()
+			}
+		}
 		// Count first, so a client that has read the bytes finds them counted.
 		m.count(int64(len(chunk)))
 		n, err := m.ResponseWriter.Write(chunk)
@@ -269,6 +320,9 @@ func (m *meteredWriter) count(n int64) {
 	m.n += n
 	m.rec.add(func(s *Stats) {
 		s.BytesServed[m.host] += n
+		if m.down {
+			s.BytesDown += n
+		}
 		if m.fileKey != "" {
 			s.FileBytes[m.fileKey] += n
 		}

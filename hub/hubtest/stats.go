@@ -35,9 +35,13 @@ type Stats struct {
 	FileBytes       map[string]int64 // response body bytes per file, keyed by sha256 (LFS) or git sha1 (regular)
 	CDNAuthRejected int              // CDN requests refused because they carried Authorization
 	UploadedBytes   int64            // bytes received by upload and part PUTs
-	ObjectUploads   map[string]int64 // bytes received by upload and part PUTs, per sha256 oid
-	Commits         map[string]int   // commits made through the API, per "repo@ref"
-	FaultsFired     int
+	// BytesDown and BytesUp are the bytes that crossed the user's link (WithLink says
+	// which bodies do): CDN and resolve reply bodies; upload, part and commit request
+	// bodies. They are counted with or without a modelled rate.
+	BytesDown, BytesUp int64
+	ObjectUploads      map[string]int64 // bytes received by upload and part PUTs, per sha256 oid
+	Commits            map[string]int   // commits made through the API, per "repo@ref"
+	FaultsFired        int
 }
 
 // recorder holds Stats and the request log under its own lock, so counting never

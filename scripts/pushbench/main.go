@@ -129,13 +129,14 @@ func (b *bench) generate(spec fixture.LlamaSpec, shardBytes int64, rank int, tar
 		check(err)
 		b.files[e.Name()] = data
 	}
-	for _, s := range m.Shards {
-		n := int64(len(b.files[s.Name]))
-		b.shards[s.Name] = n
+	for i, names := range m.Shards {
+		name := fixture.ShardName(i, len(m.Shards))
+		n := int64(len(b.files[name]))
+		b.shards[name] = n
 		b.total += n
 		b.largest = max(b.largest, n)
-		for _, t := range s.Tensors {
-			if touched[t.Name] {
+		for _, t := range names {
+			if touched[t] {
 				b.changed++
 				b.changedBytes += n
 				if b.firstChanged == 0 {
