@@ -181,11 +181,11 @@ func (r *RemoteFile) hashReady() {
 	r.h = nil
 }
 
-// evict drops hashed chunks more than the read-ahead behind the furthest read, so that
+// evict drops hashed chunks more than one behind the furthest read, so that
 // readers a little behind it still find theirs; the caller holds mu.
 func (r *RemoteFile) evict() {
 	for j, c := range r.chunks {
-		if j < r.furthest-r.ahead && (r.h == nil || j < r.hashed) {
+		if j < r.furthest-1 && (r.h == nil || j < r.hashed) {
 			select {
 			case <-c.done:
 				delete(r.chunks, j)

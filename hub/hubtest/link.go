@@ -37,6 +37,9 @@ func linkOf(route Route) (down, up bool) {
 // interleave finely.
 const linkChunk = 32 << 10
 
+// linkSlack is how much idle time a link may make up for.
+const linkSlack = 20 * time.Millisecond
+
 // bucket paces bytes to a rate for everyone who shares it: each turn reserves the
 // time its bytes take after the turns reserved before it, and waits until then.
 type bucket struct {
@@ -60,12 +63,19 @@ func (b *bucket) wait(ctx context.Context, n int) bool {
 	}
 	b.mu.Lock()
 	now := time.Now()
-	if b.free.Before(now) {
-		b.free = now
+	// A link that was idle for a moment lets the sender catch up, as the buffers of a
+	// real one do: without this, each connection would lose its own time between
+	// chunks (reading the body, timer lateness), and one stream could never fill the
+	// link. Over any stretch longer than linkSlack the rate still holds.
+	if earliest := now.Add(-linkSlack); b.free.Before(earliest) {
+		b.free = earliest
 	}
 	b.free = b.free.Add(time.Duration(float64(n) / b.rate * float64(time.Second)))
 	d := b.free.Sub(now)
 	b.mu.Unlock()
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -25,7 +25,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hfmerge/hfmerge/hub/hubtest"
@@ -34,6 +33,8 @@ import (
 )
 
 const token = "hf_benchwritetoken"
+
+var verbose *bool
 
 func main() {
 	bin := flag.String("bin", "", "the hfmerge binary")
@@ -47,6 +48,7 @@ func main() {
 	targets := flag.String("targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "LoRA targets")
 	down := flag.Float64("down", 50, "download rate, MB/s")
 	up := flag.Float64("up", 25, "upload rate, MB/s")
+	verbose = flag.Bool("v", false, "print hfmerge's log of each run")
 	runs := flag.String("runs", "remote,tenth,cached", "which pushes to time: remote (default budget), tenth (a tenth of a shard), cached")
 	flag.Parse()
 	if *bin == "" {
@@ -185,17 +187,20 @@ func (b *bench) run(name string, extra []string, cached bool) {
 	}
 	h.ResetStats()
 	floor := max(floorDown, float64(b.changedBytes)/b.up) + first
-	args := append([]string{"push", "--base", "alice/base", "--adapter", adapter, "--repo", "alice/merged", "--progress", "none"}, extra...)
+	args := append([]string{"push", "--base", "alice/base", "--adapter", adapter, "--repo", "alice/merged", "--progress", "plain"}, extra...)
 	c := exec.Command(b.bin, args...)
 	c.Env = env
 	var stderr bytes.Buffer
 	c.Stderr = &stderr
-	var peak atomic.Int64
+	start := time.Now()
+	var peak, hwm atomic.Int64
 	finished, sampling := make(chan struct{}), make(chan struct{})
+	check(c.Start())
 	go func() {
 		defer close(sampling)
 		for {
 			peak.Store(max(peak.Load(), du(filepath.Join(home, "hf"))))
+			hwm.Store(max(hwm.Load(), vmHWM(c.Process.Pid)))
 			select {
 			case <-finished:
 				return
@@ -203,18 +208,38 @@ func (b *bench) run(name string, extra []string, cached bool) {
 			}
 		}
 	}()
-	start := time.Now()
-	err = c.Run()
+	err = c.Wait()
 	wall := time.Since(start).Seconds()
 	close(finished)
 	if err != nil {
 		fail(fmt.Sprintf("%s: %v\n%s", name, err, stderr.String()))
 	}
 	<-sampling
-	rss := int64(c.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) * 1024
+	if *verbose {
+		fmt.Print(stderr.String())
+	}
+	rss := hwm.Load()
 	st := h.Stats()
 	fmt.Printf("%-28s %8.2f %8.2f %6.2fx %10.1f %10.1f %10.1f %8.1f\n", name, floor, wall, wall/floor,
 		mb(st.BytesDown), mb(st.BytesUp), mb(peak.Load()), mb(rss))
+}
+
+// vmHWM is a process's peak resident set size so far, from /proc. (The rusage of a
+// child is no use here: Linux keeps ru_maxrss across exec, so a child forked from this
+// process, which holds the fake Hub's data, starts with this process's size.)
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return 0
 }
 
 func du(dir string) int64 {
