@@ -20,6 +20,7 @@ var allowed = map[string][]string{
 	"hub/hubtest":      {},
 	"cache":            {"hub"},
 	"upload":           {"hub"},
+	"xet":              {},
 	"internal/fixture": {"safetensors", "mergeplan"},
 	"cmd/hfmerge":      {"*"},
 	"cmd/hubfake":      {"hub/hubtest"},
