@@ -1,0 +1,598 @@
+package xet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"time"
+
+	"lukechampine.com/blake3"
+)
+
+// Options configure a Session. Zero values take the defaults in brackets.
+type Options struct {
+	Logger   *slog.Logger   // dedup decisions and query failures [discard]
+	Progress func(Progress) // called from the goroutine that calls Upload or Close
+	// NoGlobalDedup skips the global dedup queries; the session still reuses what it
+	// sent itself.
+	NoGlobalDedup bool
+	// MinRun is the fewest consecutive chunks a reference to stored chunks must cover
+	// [8, the spec's recommendation]; shorter matches are uploaded again, which keeps
+	// files from fragmenting into many tiny terms. A whole file that matches is always
+	// referenced.
+	MinRun int
+	// Lookahead is how many bytes of chunks wait before being decided [32 MiB], so
+	// that a dedup answer found further on still covers the chunks before it.
+	Lookahead int
+	Now       func() time.Time // for dedup answer expiry [time.Now]
+}
+
+// Progress is a snapshot of a session's work.
+type Progress struct {
+	FileBytes  int64 // read of the file being uploaded
+	SentBytes  int64 // xorb bytes posted by the session
+	DedupBytes int64 // bytes the session referenced instead of sending
+}
+
+// FileResult describes one uploaded file.
+type FileResult struct {
+	Hash     Hash
+	XetHash  string // Hash.String(), the file id
+	SHA256   string // hex, for the commit's lfsFile oid
+	Size     int64
+	NewBytes int64 // serialized xorb bytes of the file's new chunks (sent now or at Close)
+	// DedupBytes are the file's bytes referenced from chunks the CAS or this session
+	// already had.
+	DedupBytes int64
+}
+
+// Summary is what Close did.
+type Summary struct {
+	Files        int
+	XorbsSent    int   // posted
+	XorbsPresent int   // found in the CAS already (HEAD), so not posted
+	XorbBytes    int64 // xorb bytes posted over the whole session
+	ShardBytes   int
+	ShardExisted bool
+}
+
+// Session uploads files to the CAS in one streaming pass each: chunk, hash, sha256,
+// deduplicate, pack new chunks into xorbs and post them, at most two xorbs in memory.
+// Close posts the last xorb and the shard that makes the files exist. A Session is not
+// safe for concurrent use.
+type Session struct {
+	c   *Client
+	o   Options
+	log *slog.Logger
+
+	xorbs   []*xorbRef
+	byHash  map[Hash]int     // xorb hash → index in xorbs
+	own     map[Hash]loc     // raw chunk hash → where this session stored it
+	answers map[Hash]*answer // by HMAC key
+	queried map[Hash]bool
+
+	b        *xorbBuilder
+	cur      int // index of the xorb being built, or -1
+	sealed   []XorbInfo
+	inflight chan sendResult
+
+	files        []FileInfo
+	pendingTerms [][]int // per file, the xorb index of each term, resolved at Close
+	seen         map[Hash]bool
+	hasher       *blake3.Hasher
+
+	sent, present int
+	sentBytes     int64
+	dedupBytes    int64
+	fileBytes     int64
+	err           error
+	closed        bool
+}
+
+// xorbRef is a xorb chunks can be referenced in: one this session builds, or one a
+// dedup answer listed.
+type xorbRef struct {
+	hash   Hash
+	own    bool
+	chunks []Hash   // own: raw hashes; listed: as the answer stores them
+	sizes  []uint32 // listed only
+	src    *answer  // listed only
+	starts []int    // own: chunks that start a file
+}
+
+type loc struct{ x, i int }
+
+// answer groups the dedup answers that share an HMAC key.
+type answer struct {
+	key    Hash
+	expiry uint64 // unix seconds; 0: none given
+	index  map[Hash]loc
+}
+
+type sendResult struct {
+	sent  bool
+	bytes int
+	err   error
+}
+
+// NewSession starts a session on a client.
+func NewSession(c *Client, o Options) *Session {
+	if o.MinRun == 0 {
+		o.MinRun = 8
+	}
+	if o.Lookahead == 0 {
+		o.Lookahead = 32 << 20
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Session{c: c, o: o, log: log, byHash: map[Hash]int{}, own: map[Hash]loc{},
+		answers: map[Hash]*answer{}, queried: map[Hash]bool{}, seen: map[Hash]bool{},
+		b: &xorbBuilder{comp: newCompressor()}, cur: -1, hasher: blake3.New(32, dataKey[:])}
+}
+
+type pendingChunk struct {
+	hash  Hash
+	data  []byte
+	first bool // the file's first chunk
+}
+
+type fileTerm struct {
+	x, start, end int
+	bytes         uint64
+	first         int // index of its first chunk in the file
+}
+
+type fileState struct {
+	chunks     []Chunk
+	window     []pendingChunk
+	winBytes   int
+	next       int // file index of window[0]
+	terms      []fileTerm
+	newBytes   int64
+	dedupBytes int64
+}
+
+// Upload reads r to its end and stages it: new chunks go into xorbs (posted as they
+// fill), the file's reconstruction waits for Close. The result is final once Close
+// succeeds.
+func (s *Session) Upload(ctx context.Context, r io.Reader) (FileResult, error) {
+	if s.err != nil {
+		return FileResult{}, s.err
+	}
+	if s.closed {
+		return FileResult{}, errors.New("xet: Upload after Close")
+	}
+	res, err := s.upload(ctx, r)
+	if werr := s.wait(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		s.err = err
+		return FileResult{}, err
+	}
+	return res, nil
+}
+
+func (s *Session) upload(ctx context.Context, r io.Reader) (FileResult, error) {
+	sha := sha256.New()
+	f := &fileState{}
+	cr := NewChunkReader(io.TeeReader(r, hashWriter{sha}))
+	s.fileBytes = 0
+	var reported int64
+	for {
+		data, err := cr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return FileResult{}, fmt.Errorf("xet: reading the file: %w", err)
+		}
+		h := s.chunkHash(data)
+		first := len(f.chunks) == 0
+		f.chunks = append(f.chunks, Chunk{h, uint64(len(data))})
+		s.fileBytes += int64(len(data))
+		if err := s.maybeQuery(ctx, h, first); err != nil {
+			return FileResult{}, err
+		}
+		f.window = append(f.window, pendingChunk{h, append([]byte(nil), data...), first})
+		f.winBytes += len(data)
+		if err := s.decide(ctx, f, false); err != nil {
+			return FileResult{}, err
+		}
+		if s.fileBytes-reported >= 4<<20 {
+			reported = s.fileBytes
+			s.report()
+		}
+	}
+	if err := s.decide(ctx, f, true); err != nil {
+		return FileResult{}, err
+	}
+	fh := FileHash(f.chunks)
+	var digest [32]byte
+	sha.Sum(digest[:0])
+	if !s.seen[fh] {
+		s.seen[fh] = true
+		info := FileInfo{Hash: fh, SHA256: &digest}
+		for _, t := range f.terms {
+			hashes := make([]Hash, t.end-t.start)
+			for i := range hashes {
+				hashes[i] = f.chunks[t.first+i].Hash
+			}
+			info.Verification = append(info.Verification, VerificationHash(hashes))
+			// The xorb hash of a term in the open xorb is known at Close.
+			info.Terms = append(info.Terms, Term{Xorb: Hash{}, Bytes: uint32(t.bytes), Start: uint32(t.start), End: uint32(t.end)})
+		}
+		s.files = append(s.files, info)
+		s.pendingTerms = append(s.pendingTerms, termXorbs(f.terms))
+	}
+	s.report()
+	return FileResult{Hash: fh, XetHash: fh.String(), SHA256: hex.EncodeToString(digest[:]), Size: s.fileBytes,
+		NewBytes: f.newBytes, DedupBytes: f.dedupBytes}, nil
+}
+
+func termXorbs(ts []fileTerm) []int {
+	out := make([]int, len(ts))
+	for i, t := range ts {
+		out[i] = t.x
+	}
+	return out
+}
+
+type hashWriter struct{ h hash.Hash }
+
+func (w hashWriter) Write(p []byte) (int, error) { return w.h.Write(p) }
+
+func (s *Session) chunkHash(data []byte) Hash {
+	s.hasher.Reset()
+	s.hasher.Write(data)
+	var h Hash
+	s.hasher.Sum(h[:0])
+	return h
+}
+
+// maybeQuery asks the global dedup index about an eligible chunk the session cannot
+// already reference. A failed query costs only dedup, so it is logged, not returned.
+func (s *Session) maybeQuery(ctx context.Context, h Hash, first bool) error {
+	if s.o.NoGlobalDedup || !(first || globalDedupEligible(h)) || s.queried[h] {
+		return nil
+	}
+	if _, ok := s.lookup(h); ok {
+		return nil
+	}
+	s.queried[h] = true
+	ans, err := s.c.QueryChunk(ctx, h)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		s.log.Warn("xet: global dedup query failed; uploading without it", "chunk", h.String(), "err", err)
+		return nil
+	}
+	if ans != nil {
+		s.addAnswer(h, ans)
+	}
+	return nil
+}
+
+func (s *Session) addAnswer(queried Hash, sh *Shard) {
+	var key Hash
+	var expiry uint64
+	if sh.Footer != nil {
+		key, expiry = sh.Footer.HMACKey, sh.Footer.KeyExpiry
+	}
+	if s.expired(expiry) {
+		s.log.Info("xet: global dedup answer already expired; ignored", "chunk", queried.String(), "expiry", expiry)
+		return
+	}
+	a := s.answers[key]
+	if a == nil {
+		a = &answer{key: key, expiry: expiry, index: map[Hash]loc{}}
+		s.answers[key] = a
+	} else if expiry == 0 || (a.expiry != 0 && expiry > a.expiry) {
+		a.expiry = expiry
+	}
+	added := 0
+	for _, x := range sh.Xorbs {
+		if _, known := s.byHash[x.Hash]; known {
+			continue
+		}
+		ref := &xorbRef{hash: x.Hash, src: a, chunks: make([]Hash, len(x.Chunks)), sizes: make([]uint32, len(x.Chunks))}
+		for j, c := range x.Chunks {
+			ref.chunks[j], ref.sizes[j] = c.Hash, c.Size
+		}
+		s.byHash[x.Hash] = len(s.xorbs)
+		s.xorbs = append(s.xorbs, ref)
+		for j, c := range x.Chunks {
+			if _, dup := a.index[c.Hash]; !dup {
+				a.index[c.Hash] = loc{len(s.xorbs) - 1, j}
+			}
+		}
+		added += len(x.Chunks)
+	}
+	s.log.Debug("xet: global dedup answer", "chunk", queried.String(), "xorbs", len(sh.Xorbs), "chunks", added, "keyed", !key.IsZero())
+}
+
+// expired: an answer past its key expiry must not be deduplicated against (spec
+// shard.md). 0 means the answer gave no expiry.
+func (s *Session) expired(expiry uint64) bool {
+	return expiry != 0 && uint64(s.o.Now().Unix()) >= expiry
+}
+
+// listed is how an answer stores a raw chunk hash: HMAC'd with its key, or raw when
+// the key is all zero (xet-core #838).
+func (a *answer) listed(h Hash) Hash {
+	if a.key.IsZero() {
+		return h
+	}
+	return HMAC(h, a.key)
+}
+
+func (s *Session) lookup(h Hash) (loc, bool) {
+	if l, ok := s.own[h]; ok {
+		return l, true
+	}
+	for _, a := range s.answers {
+		if s.expired(a.expiry) {
+			continue
+		}
+		if l, ok := a.index[a.listed(h)]; ok {
+			return l, true
+		}
+	}
+	return loc{}, false
+}
+
+// at reports whether chunk i of xorb x is the chunk (h, size).
+func (s *Session) at(x, i int, h Hash, size int) bool {
+	r := s.xorbs[x]
+	if i >= len(r.chunks) {
+		return false
+	}
+	if r.own {
+		return r.chunks[i] == h
+	}
+	return !s.expired(r.src.expiry) && int(r.sizes[i]) == size && r.chunks[i] == r.src.listed(h)
+}
+
+type run struct {
+	x, start, end int
+}
+
+// match finds how many chunks from the front of the window can be referenced: a run
+// that continues chunk after chunk within a xorb, or from the last chunk of one xorb
+// to the first of another (where a stored file crossed xorbs).
+func (s *Session) match(f *fileState) (int, []run) {
+	w := f.window
+	l, ok := s.lookup(w[0].hash)
+	if !ok || !s.at(l.x, l.i, w[0].hash, len(w[0].data)) {
+		return 0, nil
+	}
+	runs := []run{{l.x, l.i, l.i + 1}}
+	n := 1
+	for n < len(w) {
+		cur := &runs[len(runs)-1]
+		c := w[n]
+		if s.at(cur.x, cur.end, c.hash, len(c.data)) {
+			cur.end++
+			n++
+			continue
+		}
+		if cur.end == len(s.xorbs[cur.x].chunks) {
+			if l, ok := s.lookup(c.hash); ok && l.i == 0 && s.at(l.x, 0, c.hash, len(c.data)) {
+				runs = append(runs, run{l.x, 0, 1})
+				n++
+				continue
+			}
+		}
+		break
+	}
+	return n, runs
+}
+
+// decide settles chunks at the front of the window once more than Lookahead bytes
+// wait behind them (or all of them at the end of the file): referenced when a long
+// enough run matches, else packed into the open xorb.
+func (s *Session) decide(ctx context.Context, f *fileState, final bool) error {
+	for len(f.window) > 0 && (final || f.winBytes > s.o.Lookahead) {
+		n, runs := s.match(f)
+		whole := final && n == len(f.window) && f.next == 0
+		if n > 0 && (n >= s.o.MinRun || whole) {
+			for _, r := range runs {
+				var bytes uint64
+				for k := 0; k < r.end-r.start; k++ {
+					bytes += uint64(len(f.window[k].data))
+				}
+				s.addTerm(f, r.x, r.start, r.end, bytes)
+				f.dedupBytes += int64(bytes)
+				s.dedupBytes += int64(bytes)
+				s.pop(f, r.end-r.start)
+			}
+			continue
+		}
+		if err := s.addNew(ctx, f, f.window[0]); err != nil {
+			return err
+		}
+		s.pop(f, 1)
+	}
+	return nil
+}
+
+func (s *Session) pop(f *fileState, n int) {
+	for k := 0; k < n; k++ {
+		f.winBytes -= len(f.window[k].data)
+		f.window[k].data = nil
+	}
+	f.window = f.window[n:]
+	f.next += n
+}
+
+func (s *Session) addTerm(f *fileState, x, start, end int, bytes uint64) {
+	if k := len(f.terms) - 1; k >= 0 && f.terms[k].x == x && f.terms[k].end == start {
+		f.terms[k].end = end
+		f.terms[k].bytes += bytes
+		return
+	}
+	f.terms = append(f.terms, fileTerm{x: x, start: start, end: end, bytes: bytes, first: f.next})
+}
+
+func (s *Session) addNew(ctx context.Context, f *fileState, c pendingChunk) error {
+	if !s.b.fits(len(c.data)) {
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if s.cur < 0 {
+		s.cur = len(s.xorbs)
+		s.xorbs = append(s.xorbs, &xorbRef{own: true})
+	}
+	n, err := s.b.add(c.data, c.hash)
+	if err != nil {
+		return err
+	}
+	r := s.xorbs[s.cur]
+	i := len(r.chunks)
+	r.chunks = append(r.chunks, c.hash)
+	if c.first {
+		r.starts = append(r.starts, i)
+	}
+	if _, ok := s.own[c.hash]; !ok {
+		s.own[c.hash] = loc{s.cur, i}
+	}
+	f.newBytes += int64(n)
+	s.addTerm(f, s.cur, i, i+1, uint64(len(c.data)))
+	return nil
+}
+
+// flush seals the open xorb and sends it, after the one before it has been sent.
+func (s *Session) flush(ctx context.Context) error {
+	if s.b.empty() {
+		return nil
+	}
+	x := s.b.seal()
+	r := s.xorbs[s.cur]
+	r.hash = x.hash
+	s.byHash[x.hash] = s.cur
+	info := XorbInfo{Hash: x.hash, RawBytes: uint32(x.raw), StoredBytes: uint32(len(x.data))}
+	var off uint32
+	starts := map[int]bool{}
+	for _, i := range r.starts {
+		starts[i] = true
+	}
+	for i, c := range x.chunks {
+		ci := XorbChunkInfo{Hash: c.Hash, Offset: off, Size: uint32(c.Size)}
+		if starts[i] {
+			ci.Flags = ChunkFlagGlobalDedup
+		}
+		info.Chunks = append(info.Chunks, ci)
+		off += uint32(c.Size)
+	}
+	s.sealed = append(s.sealed, info)
+	s.cur = -1
+	if err := s.wait(); err != nil {
+		return err
+	}
+	done := make(chan sendResult, 1)
+	s.inflight = done
+	go func() { done <- s.send(ctx, x) }()
+	return nil
+}
+
+// send posts a xorb unless the CAS already has it, so a rerun sends nothing twice.
+func (s *Session) send(ctx context.Context, x serializedXorb) sendResult {
+	exists, err := s.c.XorbExists(ctx, x.hash)
+	var se *StatusError
+	if err != nil && !errors.As(err, &se) {
+		return sendResult{err: err}
+	}
+	if exists {
+		return sendResult{}
+	}
+	if _, err := s.c.UploadXorb(ctx, x.hash, x.data); err != nil {
+		return sendResult{err: err}
+	}
+	return sendResult{sent: true, bytes: len(x.data)}
+}
+
+// wait collects the xorb in flight, if any.
+func (s *Session) wait() error {
+	if s.inflight == nil {
+		return nil
+	}
+	r := <-s.inflight
+	s.inflight = nil
+	if r.err != nil {
+		return r.err
+	}
+	if r.sent {
+		s.sent++
+		s.sentBytes += int64(r.bytes)
+	} else {
+		s.present++
+	}
+	s.report()
+	return nil
+}
+
+func (s *Session) report() {
+	if s.o.Progress != nil {
+		s.o.Progress(Progress{FileBytes: s.fileBytes, SentBytes: s.sentBytes, DedupBytes: s.dedupBytes})
+	}
+}
+
+// Close sends the open xorb, then the shard with every file's reconstruction and the
+// listing of every xorb the session built. The files exist in the CAS once it returns.
+func (s *Session) Close(ctx context.Context) (Summary, error) {
+	if s.err != nil {
+		return Summary{}, s.err
+	}
+	if s.closed {
+		return Summary{}, errors.New("xet: Close called twice")
+	}
+	sum, err := s.close(ctx)
+	if err != nil {
+		s.err = err
+		return Summary{}, err
+	}
+	s.closed = true
+	return sum, nil
+}
+
+func (s *Session) close(ctx context.Context) (Summary, error) {
+	err := s.flush(ctx)
+	if werr := s.wait(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		return Summary{}, err
+	}
+	for i := range s.files {
+		for j, x := range s.pendingTerms[i] {
+			s.files[i].Terms[j].Xorb = s.xorbs[x].hash
+		}
+	}
+	sum := Summary{Files: len(s.files), XorbsSent: s.sent, XorbsPresent: s.present, XorbBytes: s.sentBytes}
+	if len(s.files) == 0 {
+		return sum, nil
+	}
+	shard := &Shard{Files: s.files, Xorbs: s.sealed}
+	data, err := shard.MarshalUpload()
+	if err != nil {
+		return Summary{}, err
+	}
+	existed, err := s.c.UploadShard(ctx, data)
+	if err != nil {
+		return Summary{}, err
+	}
+	sum.ShardBytes, sum.ShardExisted = len(data), existed
+	return sum, nil
+}
