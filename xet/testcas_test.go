@@ -221,6 +221,18 @@ func (c *testCAS) stats() (xorbBytes int64, xorbPosts, shardPosts int) {
 	return c.xorbBytes, c.xorbPosts, c.shardPosts
 }
 
+func (c *testCAS) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.requests)
+}
+
+func (c *testCAS) last() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.requests[len(c.requests)-1]
+}
+
 func (c *testCAS) file(h Hash) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()

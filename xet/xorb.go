@@ -147,6 +147,7 @@ func ParseXorb(data []byte) (*Xorb, error) {
 	x := &Xorb{}
 	var leaves []Chunk
 	var scratch []byte
+	lr := lz4.NewReader(nil) // one reader, so its block buffers are reused across chunks
 	for off := 0; off < len(data); {
 		if len(x.Chunks) == MaxXorbChunks {
 			return nil, fmt.Errorf("xet: xorb has more than %d chunks: %w", MaxXorbChunks, ErrMalformed)
@@ -179,7 +180,7 @@ func ParseXorb(data []byte) (*Xorb, error) {
 			raw = bytes.Clone(payload)
 		case CompressionLZ4, CompressionBG4:
 			var err error
-			if scratch, err = unframe(scratch[:0], payload, rawLen); err != nil {
+			if scratch, err = unframe(lr, scratch[:0], payload, rawLen); err != nil {
 				return nil, fmt.Errorf("%s: %w: %w", where, err, ErrMalformed)
 			}
 			if scheme == CompressionBG4 {
@@ -201,8 +202,8 @@ func ParseXorb(data []byte) (*Xorb, error) {
 
 // unframe decodes one LZ4 frame that must hold exactly want bytes, reading at most
 // want+1 so a hostile frame cannot expand without bound.
-func unframe(dst, frame []byte, want int) ([]byte, error) {
-	r := lz4.NewReader(bytes.NewReader(frame))
+func unframe(r *lz4.Reader, dst, frame []byte, want int) ([]byte, error) {
+	r.Reset(bytes.NewReader(frame))
 	base := len(dst)
 	dst = append(dst, make([]byte, want+1)...)
 	n, err := io.ReadFull(r, dst[base:])
