@@ -137,7 +137,7 @@ func TestClientTokens(t *testing.T) {
 	c.XorbExists(ctx, h) // t1 at a
 	c.XorbExists(ctx, h) // still t1: 60 s left
 	clock = now.Add(31 * time.Second)
-	c.XorbExists(ctx, h) // under 30 s left: t2, at b
+	c.XorbExists(ctx, h)       // under 30 s left: t2, at b
 	clock = now.Add(time.Hour) // t2 expired: "stale" answers 401, renewed to t4
 	if _, err := c.XorbExists(ctx, h); err != nil {
 		t.Fatal(err)
