@@ -26,8 +26,9 @@ type Options struct {
 	// files from fragmenting into many tiny terms. A whole file that matches is always
 	// referenced.
 	MinRun int
-	// Lookahead is how many bytes of chunks wait before being decided [32 MiB], so
-	// that a dedup answer found further on still covers the chunks before it.
+	// Lookahead is how many bytes of chunks wait before being decided [16 MiB], so
+	// that a dedup answer found further on still covers the chunks before it. With
+	// the two xorb buffers it bounds the session's memory: about 130 MiB + Lookahead.
 	Lookahead int
 	Now       func() time.Time // for dedup answer expiry [time.Now]
 }
@@ -77,7 +78,9 @@ type Session struct {
 	queried map[Hash]bool
 
 	b        *xorbBuilder
-	cur      int // index of the xorb being built, or -1
+	spare    []byte // the buffer of the last xorb sent, reused by the next
+	ring     ring   // holds the window's chunk bytes
+	cur      int    // index of the xorb being built, or -1
 	sealed   []XorbInfo
 	inflight chan sendResult
 
@@ -117,6 +120,7 @@ type answer struct {
 type sendResult struct {
 	sent  bool
 	bytes int
+	buf   []byte // the xorb's buffer, free again
 	err   error
 }
 
@@ -126,7 +130,7 @@ func NewSession(c *Client, o Options) *Session {
 		o.MinRun = 8
 	}
 	if o.Lookahead == 0 {
-		o.Lookahead = 32 << 20
+		o.Lookahead = 16 << 20
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -137,12 +141,14 @@ func NewSession(c *Client, o Options) *Session {
 	}
 	return &Session{c: c, o: o, log: log, byHash: map[Hash]int{}, own: map[Hash]loc{},
 		answers: map[Hash]*answer{}, queried: map[Hash]bool{}, seen: map[Hash]bool{},
-		b: &xorbBuilder{comp: newCompressor()}, cur: -1, hasher: blake3.New(32, dataKey[:])}
+		b: &xorbBuilder{comp: newCompressor()}, cur: -1, hasher: blake3.New(32, dataKey[:]),
+		ring: ring{buf: make([]byte, o.Lookahead+3*MaxChunk)}}
 }
 
 type pendingChunk struct {
 	hash  Hash
 	data  []byte
+	off   int  // in the ring, or -1
 	first bool // the file's first chunk
 }
 
@@ -204,7 +210,8 @@ func (s *Session) upload(ctx context.Context, r io.Reader) (FileResult, error) {
 		if err := s.maybeQuery(ctx, h, first); err != nil {
 			return FileResult{}, err
 		}
-		f.window = append(f.window, pendingChunk{h, append([]byte(nil), data...), first})
+		buf, off := s.ring.put(data)
+		f.window = append(f.window, pendingChunk{h, buf, off, first})
 		f.winBytes += len(data)
 		if err := s.decide(ctx, f, false); err != nil {
 			return FileResult{}, err
@@ -430,6 +437,7 @@ func (s *Session) decide(ctx context.Context, f *fileState, final bool) error {
 func (s *Session) pop(f *fileState, n int) {
 	for k := 0; k < n; k++ {
 		f.winBytes -= len(f.window[k].data)
+		s.ring.release(f.window[k].off, len(f.window[k].data))
 		f.window[k].data = nil
 	}
 	f.window = f.window[n:]
@@ -501,6 +509,8 @@ func (s *Session) flush(ctx context.Context) error {
 	if err := s.wait(); err != nil {
 		return err
 	}
+	// Two buffers take turns: the one just sent fills with the next xorb.
+	s.b.data, s.spare = s.spare, nil
 	done := make(chan sendResult, 1)
 	s.inflight = done
 	go func() { done <- s.send(ctx, x) }()
@@ -515,12 +525,12 @@ func (s *Session) send(ctx context.Context, x serializedXorb) sendResult {
 		return sendResult{err: err}
 	}
 	if exists {
-		return sendResult{}
+		return sendResult{buf: x.data}
 	}
 	if _, err := s.c.UploadXorb(ctx, x.hash, x.data); err != nil {
 		return sendResult{err: err}
 	}
-	return sendResult{sent: true, bytes: len(x.data)}
+	return sendResult{sent: true, bytes: len(x.data), buf: x.data}
 }
 
 // wait collects the xorb in flight, if any.
@@ -533,6 +543,7 @@ func (s *Session) wait() error {
 	if r.err != nil {
 		return r.err
 	}
+	s.spare = r.buf[:0]
 	if r.sent {
 		s.sent++
 		s.sentBytes += int64(r.bytes)
@@ -595,4 +606,48 @@ func (s *Session) close(ctx context.Context) (Summary, error) {
 	}
 	sum.ShardBytes, sum.ShardExisted = len(data), existed
 	return sum, nil
+}
+
+// ring holds the window's chunk bytes first in, first out, so that chunks waiting for
+// a decision make no garbage. It is sized for the lookahead plus the chunk that
+// overflows it and the gap a wrap leaves; should it ever be full, put falls back to
+// the heap.
+type ring struct {
+	buf        []byte
+	head, tail int // live bytes are [head, tail), or [head, end) and [0, tail) when wrapped
+	wrapped    bool
+	live       int
+}
+
+func (r *ring) put(data []byte) ([]byte, int) {
+	n := len(data)
+	var at int
+	switch {
+	case !r.wrapped && len(r.buf)-r.tail >= n:
+		at = r.tail
+	case !r.wrapped && r.head > n:
+		at, r.wrapped = 0, true
+	case r.wrapped && r.head-r.tail > n:
+		at = r.tail
+	default:
+		return append([]byte(nil), data...), -1
+	}
+	r.tail = at + n
+	r.live++
+	return append(r.buf[at:at:at+n], data...), at
+}
+
+// release frees the oldest chunk put, which put placed at off (-1: on the heap).
+func (r *ring) release(off, n int) {
+	if off < 0 {
+		return
+	}
+	r.live--
+	if off < r.head {
+		r.wrapped = false // the reader reached the wrapped part
+	}
+	r.head = off + n
+	if r.live == 0 {
+		r.head, r.tail, r.wrapped = 0, 0, false
+	}
 }

@@ -31,8 +31,10 @@ func closeSession(t *testing.T, s *Session) Summary {
 
 func TestSessionUpload(t *testing.T) {
 	cas := newTestCAS(t)
-	s := NewSession(cas.client(ClientOptions{}), Options{})
-	a := splitmix64Data(3<<20, 11)
+	var last Progress
+	calls := 0
+	s := NewSession(cas.client(ClientOptions{}), Options{Progress: func(p Progress) { last = p; calls++ }})
+	a := splitmix64Data(5<<20, 11)
 	res := upload(t, s, a)
 	empty := upload(t, s, nil)
 	sum := closeSession(t, s)
@@ -56,6 +58,9 @@ func TestSessionUpload(t *testing.T) {
 	}
 	if _, err := s.Upload(context.Background(), bytes.NewReader(a)); err == nil {
 		t.Error("Upload after Close succeeded")
+	}
+	if calls < 2 || last.SentBytes != xb {
+		t.Errorf("%d progress calls, last %+v; want at least 2 and %d bytes sent", calls, last, xb)
 	}
 }
 

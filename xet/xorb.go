@@ -238,9 +238,14 @@ func (b *xorbBuilder) fits(n int) bool {
 func (b *xorbBuilder) add(data []byte, h Hash) (int, error) {
 	before := len(b.data)
 	if need := before + chunkHeaderLen + len(data); need > cap(b.data) {
-		// Grow by doubling up to the limit, never past it: append's own growth
-		// could reserve far more than 64 MiB for the last few chunks.
-		grown := make([]byte, before, min(max(2*cap(b.data), need, 1<<20), MaxXorbBytes))
+		// Small xorbs (small files) stay small; past 8 MiB the buffer goes straight to
+		// the limit, so growing leaves little garbage and never reserves more than the
+		// limit, as append's own growth would.
+		size := MaxXorbBytes
+		if need <= 8<<20 {
+			size = 8 << 20
+		}
+		grown := make([]byte, before, size)
 		copy(grown, b.data)
 		b.data = grown
 	}
