@@ -413,7 +413,11 @@ func (s *Session) decide(ctx context.Context, f *fileState, final bool) error {
 	for len(f.window) > 0 && (final || f.winBytes > s.o.Lookahead) {
 		n, runs := s.match(f)
 		whole := final && n == len(f.window) && f.next == 0
-		if n > 0 && (n >= s.o.MinRun || whole) {
+		// A run that carries on the file's last term is the tail of a long run cut
+		// by the window's end, not a fragment.
+		last := len(f.terms) - 1
+		continues := n > 0 && last >= 0 && f.terms[last].x == runs[0].x && f.terms[last].end == runs[0].start
+		if n > 0 && (n >= s.o.MinRun || whole || continues) {
 			for _, r := range runs {
 				var bytes uint64
 				for k := 0; k < r.end-r.start; k++ {

@@ -136,7 +136,8 @@ func TestSessionGlobalDedup(t *testing.T) {
 			if c.expired {
 				now = func() time.Time { return time.Now().Add(2 * time.Hour) }
 			}
-			s2 := NewSession(cas.client(ClientOptions{}), Options{Now: now})
+			// A small lookahead makes the window's ring wrap many times.
+			s2 := NewSession(cas.client(ClientOptions{}), Options{Now: now, Lookahead: 1 << 20})
 			res := upload(t, s2, merged)
 			closeSession(t, s2)
 			after, _, _ := cas.stats()
@@ -144,7 +145,7 @@ func TestSessionGlobalDedup(t *testing.T) {
 			if !bytes.Equal(cas.file(res.Hash), merged) {
 				t.Fatal("the CAS rebuilds the merged file wrong")
 			}
-			limit := int64(len(changed) + 4*MaxChunk)
+			limit := int64(len(changed) + 2*MaxChunk)
 			t.Logf("changed %d bytes: sent %d, deduplicated %d", len(changed), sent, res.DedupBytes)
 			if c.expired {
 				if res.DedupBytes != 0 {
@@ -190,5 +191,45 @@ func TestSessionResume(t *testing.T) {
 	sum = closeSession(t, s)
 	if after, _, _ := cas.stats(); after != sent || sum.XorbsPresent != 1 || sum.XorbsSent != 0 {
 		t.Errorf("rerun after a lost shard: %d more xorb bytes, summary %+v", after-sent, sum)
+	}
+}
+
+// TestRing: chunks put and released first in, first out keep their bytes, and a ring
+// sized as the session sizes it never falls back to the heap.
+func TestRing(t *testing.T) {
+	const lookahead = 1 << 20
+	r := ring{buf: make([]byte, lookahead+3*MaxChunk)}
+	type held struct {
+		data, want []byte
+		off        int
+	}
+	var window []held
+	live := 0
+	src := splitmix64Data(64<<20, 9)
+	sizes := chunkList(src)
+	pos := 0
+	for i, c := range sizes {
+		want := src[pos : pos+int(c.Size)]
+		pos += int(c.Size)
+		buf, off := r.put(want)
+		if off < 0 {
+			t.Fatalf("chunk %d: the ring was full with %d bytes live", i, live)
+		}
+		window = append(window, held{buf, want, off})
+		live += len(buf)
+		for live > lookahead {
+			h := window[0]
+			if !bytes.Equal(h.data, h.want) {
+				t.Fatalf("chunk bytes changed in the ring")
+			}
+			r.release(h.off, len(h.data))
+			live -= len(h.data)
+			window = window[1:]
+		}
+	}
+	for _, h := range window {
+		if !bytes.Equal(h.data, h.want) {
+			t.Fatalf("chunk bytes changed in the ring")
+		}
 	}
 }
