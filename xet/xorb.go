@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/pierrec/lz4/v4"
 )
@@ -97,10 +98,19 @@ func get24(b []byte) int    { return int(b[0]) | int(b[1])<<8 | int(b[2])<<16 }
 // bg4Split regroups data by byte position mod 4: all bytes 0 mod 4, then 1, 2, 3; with
 // a remainder r the first r groups are one byte longer (xet-core bg4_split_together).
 func bg4Split(dst, data []byte) []byte {
-	for g := 0; g < 4; g++ {
-		for i := g; i < len(data); i += 4 {
-			dst = append(dst, data[i])
-		}
+	n, q, r := len(data), len(data)/4, len(data)%4
+	base := len(dst)
+	dst = slices.Grow(dst, n)[:base+n]
+	out := dst[base:]
+	o1 := q + min(r, 1)
+	o2 := o1 + q + min(max(r-1, 0), 1)
+	o3 := o2 + q + min(max(r-2, 0), 1)
+	for i := 0; i < q; i++ {
+		b := data[4*i : 4*i+4 : 4*i+4]
+		out[i], out[o1+i], out[o2+i], out[o3+i] = b[0], b[1], b[2], b[3]
+	}
+	for k := 0; k < r; k++ {
+		out[[3]int{q, o1 + q, o2 + q}[k]] = data[4*q+k]
 	}
 	return dst
 }
