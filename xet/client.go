@@ -164,12 +164,15 @@ func (c *Client) do(ctx context.Context, k call) (int, []byte, error) {
 		}
 		op := k.method + " " + k.path
 		actx, cancel := context.WithTimeout(ctx, c.o.AttemptTimeout)
-		req, err := http.NewRequestWithContext(actx, k.method, tok.CASURL+k.path, bytes.NewReader(k.body))
+		var reqBody io.Reader = http.NoBody // GET and HEAD: no body, and no chunked encoding
+		if k.body != nil {
+			reqBody = bytes.NewReader(k.body)
+		}
+		req, err := http.NewRequestWithContext(actx, k.method, tok.CASURL+k.path, reqBody)
 		if err != nil {
 			cancel()
 			return 0, nil, fmt.Errorf("xet: %s: %w", op, err)
 		}
-		req.ContentLength = int64(len(k.body))
 		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 		if k.contentType != "" {
 			req.Header.Set("Content-Type", k.contentType)

@@ -233,3 +233,27 @@ func TestRing(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitShards(t *testing.T) {
+	s := sampleShard()
+	files := []FileInfo{s.Files[0], s.Files[0], s.Files[0]}
+	xorbs := []XorbInfo{s.Xorbs[0], s.Xorbs[0]}
+	one, _ := (&Shard{Files: files, Xorbs: xorbs}).MarshalUpload()
+	if got := splitShards(files, xorbs, len(one)); len(got) != 1 {
+		t.Fatalf("%d shards for what fits in one", len(got))
+	}
+	limit := 48 + 96 + 6*48 + 4*48 // a file and a xorb listing, not more
+	parts := splitShards(files, xorbs, limit)
+	var nf, nx int
+	for _, p := range parts {
+		b, err := p.MarshalUpload()
+		if err != nil || len(b) > limit {
+			t.Fatalf("shard of %d bytes (limit %d): %v", len(b), limit, err)
+		}
+		nf += len(p.Files)
+		nx += len(p.Xorbs)
+	}
+	if len(parts) < 3 || nf != 3 || nx != 2 {
+		t.Errorf("%d shards with %d files and %d xorbs", len(parts), nf, nx)
+	}
+}

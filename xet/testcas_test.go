@@ -71,6 +71,10 @@ func (c *testCAS) serve(w http.ResponseWriter, r *http.Request) {
 	defer c.mu.Unlock()
 	op := r.Method + " " + r.URL.Path
 	c.requests = append(c.requests, op)
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (len(r.TransferEncoding) > 0 || len(body) > 0) {
+		http.Error(w, "a body on "+r.Method, http.StatusBadRequest)
+		return
+	}
 	if r.Header.Get("Authorization") != "Bearer "+c.token {
 		http.Error(w, "bad token", http.StatusUnauthorized)
 		return
