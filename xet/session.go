@@ -58,7 +58,7 @@ type Summary struct {
 	XorbsSent    int   // posted
 	XorbsPresent int   // found in the CAS already (HEAD), so not posted
 	XorbBytes    int64 // xorb bytes posted over the whole session
-	Shards       int // posted; more than one when the listing passes 64 MiB
+	Shards       int   // posted; more than one when the listing passes 64 MiB
 	ShardBytes   int
 	ShardExisted bool // every shard answered that the CAS had it
 }
