@@ -58,10 +58,15 @@ func (s *Session) addAnswer(queried Hash, sh *Shard) {
 		s.log.Info("xet: global dedup answer already expired; ignored", "chunk", queried.String(), "expiry", expiry)
 		return
 	}
-	a := s.answers[key]
+	var a *answer
+	for _, have := range s.answers {
+		if have.key == key {
+			a = have
+		}
+	}
 	if a == nil {
 		a = &answer{key: key, expiry: expiry, index: map[Hash]loc{}}
-		s.answers[key] = a
+		s.answers = append(s.answers, a)
 	} else if expiry == 0 || (a.expiry != 0 && expiry > a.expiry) {
 		a.expiry = expiry
 	}

@@ -79,9 +79,9 @@ type Session struct {
 	log *slog.Logger
 
 	xorbs   []*xorbRef
-	byHash  map[Hash]int     // xorb hash → index in xorbs
-	own     map[Hash]loc     // raw chunk hash → where this session stored it
-	answers map[Hash]*answer // by HMAC key
+	byHash  map[Hash]int // xorb hash → index in xorbs
+	own     map[Hash]loc // raw chunk hash → where this session stored it
+	answers []*answer    // one per HMAC key, in arrival order so decisions are reproducible
 	queried map[Hash]bool
 
 	b        *xorbBuilder
@@ -127,7 +127,7 @@ func NewSession(c *Client, o Options) *Session {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Session{c: c, o: o, log: log, byHash: map[Hash]int{}, own: map[Hash]loc{},
-		answers: map[Hash]*answer{}, queried: map[Hash]bool{}, seen: map[Hash]bool{},
+		queried: map[Hash]bool{}, seen: map[Hash]bool{},
 		b: &xorbBuilder{comp: newCompressor()}, cur: -1, hasher: blake3.New(32, dataKey[:]),
 		ring: ring{buf: make([]byte, o.Lookahead+3*MaxChunk)}}
 }

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -37,6 +39,11 @@ func TestSessionUpload(t *testing.T) {
 	a := splitmix64Data(5<<20, 11)
 	res := upload(t, s, a)
 	empty := upload(t, s, nil)
+	// The same bytes read a few at a time are the same file.
+	half, err := s.Upload(context.Background(), iotest.HalfReader(bytes.NewReader(a)))
+	if err != nil || half.Hash != res.Hash || half.SHA256 != res.SHA256 || half.DedupBytes != int64(len(a)) {
+		t.Errorf("re-read file: %+v, %v", half, err)
+	}
 	sum := closeSession(t, s)
 
 	d := sha256.Sum256(a)
@@ -182,8 +189,8 @@ func TestSessionResume(t *testing.T) {
 	cas.fail(fault{prefix: "POST /v1/shards", status: 400, body: "boom"})
 	s = NewSession(cas.client(ClientOptions{}), Options{})
 	upload(t, s, other)
-	if _, err := s.Close(context.Background()); err == nil {
-		t.Fatal("Close succeeded though the shard was refused")
+	if _, err := s.Close(context.Background()); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("Close: %v; want the CAS's refusal with its message", err)
 	}
 	sent, _, _ := cas.stats()
 	s = NewSession(cas.client(ClientOptions{}), Options{})
