@@ -13,18 +13,19 @@ const module = "github.com/hfmerge/hfmerge"
 // not): data moves manifest → plan → fetch → merge → upload → commit, and a later stage
 // may use an earlier one's types, never the reverse. Packages not listed may not exist.
 var allowed = map[string][]string{
-	"safetensors":      {},
-	"mergeplan":        {"safetensors"},
-	"merge":            {"safetensors", "mergeplan"},
-	"hub":              {},
-	"hub/hubtest":      {},
-	"cache":            {"hub"},
-	"upload":           {"hub"},
-	"internal/fixture": {"safetensors", "mergeplan"},
-	"cmd/hfmerge":      {"*"},
-	"cmd/hubfake":      {"hub/hubtest"},
-	"interop":          {"*"},
-	"scripts/genmodel": {"internal/fixture", "safetensors", "mergeplan"},
+	"safetensors":       {},
+	"mergeplan":         {"safetensors"},
+	"merge":             {"safetensors", "mergeplan"},
+	"hub":               {},
+	"hub/hubtest":       {},
+	"cache":             {"hub"},
+	"upload":            {"hub"},
+	"xet":               {},
+	"internal/fixture":  {"safetensors", "mergeplan"},
+	"cmd/hfmerge":       {"*"},
+	"cmd/hubfake":       {"hub/hubtest"},
+	"interop":           {"*"},
+	"scripts/genmodel":  {"internal/fixture", "safetensors", "mergeplan"},
 	"scripts/pushbench": {"internal/fixture", "safetensors", "mergeplan", "hub/hubtest"},
 }
 

@@ -6,10 +6,12 @@ require (
 	github.com/cheggaaa/pb/v3 v3.3.0
 	github.com/dlclark/regexp2/v2 v2.13.0
 	github.com/gomlx/go-huggingface v0.3.1
+	github.com/pierrec/lz4/v4 v4.1.33
 	github.com/urfave/cli/v2 v2.27.7
 	github.com/x448/float16 v0.8.4
 	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.50.0
+	lukechampine.com/blake3 v1.4.1
 )
 
 require (
@@ -20,6 +22,7 @@ require (
 	github.com/fatih/color v1.19.0 // indirect
 	github.com/gofrs/flock v0.13.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
+	github.com/klauspost/cpuid/v2 v2.0.9 // indirect
 	github.com/mattn/go-colorable v0.1.16 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/mattn/go-runewidth v0.0.31 // indirect
