@@ -44,6 +44,7 @@ type config struct {
 	logf           func(format string, args ...any)
 	tokens         []Token
 	orgs           map[string][]string
+	xet            *xetConfig // nil: no Xet storage
 }
 
 // Option configures a Hub.
@@ -120,6 +121,7 @@ type Hub struct {
 
 	faults   faultSet
 	stats    recorder
+	xet      *xetState    // nil without WithXet
 	inflight atomic.Int64 // requests being handled (WaitIdle)
 
 	srvMu   sync.Mutex
@@ -154,6 +156,9 @@ func New(opts ...Option) *Hub {
 	}
 	rand.Read(h.key)
 	h.stats.init()
+	if cfg.xet != nil {
+		h.xet = newXetState(cfg.xet)
+	}
 	for _, t := range cfg.tokens {
 		h.tokens[t.Value] = t
 	}
@@ -241,6 +246,7 @@ func (h *Hub) Start(tb TB) *Hub {
 	h.servers = append(h.servers, hub, cdn)
 	h.srvMu.Unlock()
 	h.SetURLs(hub.URL, cdn.URL)
+	h.startCAS()
 	tb.Cleanup(h.Close)
 	return h
 }
