@@ -144,7 +144,7 @@ func TestJSXetUploadDownload(t *testing.T) {
 	}
 	waitIdle(t, h)
 	xs = h.XetStats()
-	if xs.Reconstructions == 0 || xs.TransferBytes == 0 || xs.TokensRead == 0 || h.Stats().BytesServed[hubtest.HostCDN] != 0 {
+	if xs.Reconstructions == 0 || xs.TransferBytes == 0 || xs.TokensRead == 0 || xs.AuthRejected != 0 || h.Stats().BytesServed[hubtest.HostCDN] != 0 {
 		t.Fatalf("download counters %+v, CDN bytes %d", xs, h.Stats().BytesServed[hubtest.HostCDN])
 	}
 	// And through the classic path (the redirect to the CDN), as a non-Xet client reads it.

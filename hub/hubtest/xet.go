@@ -91,9 +91,9 @@ type XetTerm struct {
 }
 
 // xetToken is a CAS token the Hub issued.
+// It is scoped to its repo (which files it may read); the ref is not enforced.
 type xetToken struct {
 	repo  repoKey
-	rev   string
 	write bool
 	exp   time.Time
 }

@@ -620,3 +620,46 @@ func le64(b []byte) uint64 {
 	}
 	return v
 }
+
+// The CAS parses bytes from any client: no input may crash it, and what it accepts
+// must be self-consistent.
+func FuzzParseXorb(f *testing.F) {
+	f.Add(encodeXorb(f, splitFixed(compressible(3000, 1), 1000), schemeLZ4).body)
+	f.Add(encodeXorb(f, splitFixed(compressible(3001, 2), 1000), schemeBG4).body)
+	f.Add(encodeXorb(f, [][]byte{[]byte("x")}, schemeNone).body)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		chunks, datas, err := parseXorb(b)
+		if err != nil {
+			return
+		}
+		var end uint32
+		for i, c := range chunks {
+			if int(c.rawLen) != len(datas[i]) || c.hash != chunkHash(datas[i]) || c.off != end {
+				t.Fatalf("chunk %d inconsistent: %+v", i, c)
+			}
+			end = c.off + c.size
+		}
+		if int(end) != len(b) {
+			t.Fatalf("chunks cover %d of %d bytes", end, len(b))
+		}
+	})
+}
+
+func FuzzParseShard(f *testing.F) {
+	x := encodeXorb(f, splitFixed(compressible(3000, 3), 1000), schemeLZ4)
+	file := newEncFile(compressible(3000, 3), encTerm{x, 0, len(x.chunks)})
+	f.Add(encodeShard(f, []encFile{file}, []encXorb{x}, false))
+	f.Add(encodeShard(f, []encFile{file}, []encXorb{x}, true))
+	f.Add(dedupShard([]shardXorb{{hash: x.hash, chunks: x.chunks}}, xetHash{1}, 1, 2))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := parseShard(b)
+		if err != nil {
+			return
+		}
+		for _, sf := range s.files {
+			if sf.hash == xetBookend {
+				t.Fatal("a bookend parsed as a file")
+			}
+		}
+	})
+}

@@ -326,8 +326,7 @@ func (x *xetState) verifyShardLocked(s *shard) ([]*xetFile, [][]byte, string) {
 			return nil, nil, name + " has no sha256 metadata extension (required for Git-based repos: commits name files by sha256)"
 		}
 		var leaves []xetLeaf
-		sha := sha256.New()
-		var size int64
+		var buf []byte
 		for i, t := range sf.terms {
 			xb := x.xorbs[t.xorb]
 			if xb == nil {
@@ -346,7 +345,7 @@ func (x *xetState) verifyShardLocked(s *shard) ([]*xetFile, [][]byte, string) {
 				if err != nil { // parsed once already: cannot happen
 					return nil, nil, fmt.Sprintf("%s term %d: stored xorb %s: %v", name, i, t.xorb, err)
 				}
-				sha.Write(data)
+				buf = append(buf, data...)
 			}
 			if uint64(t.raw) != n {
 				return nil, nil, fmt.Sprintf("%s term %d says %d bytes; chunks [%d, %d) of xorb %s hold %d", name, i, t.raw, t.start, t.end, t.xorb, n)
@@ -357,33 +356,20 @@ func (x *xetState) verifyShardLocked(s *shard) ([]*xetFile, [][]byte, string) {
 					return nil, nil, fmt.Sprintf("%s term %d: verification hash %s, the chunks give %s", name, i, t.rangeHash, got)
 				}
 			}
-			size += int64(n)
 		}
 		got := fileHash(leaves)
 		if !x.check("file", sf.hash.String(), sf.hash.String(), got.String()) {
-			return nil, nil, fmt.Sprintf("%s: its reconstruction (%d bytes in %d terms) hashes to %s", name, size, len(sf.terms), got)
+			return nil, nil, fmt.Sprintf("%s: its reconstruction (%d bytes in %d terms) hashes to %s", name, len(buf), len(sf.terms), got)
 		}
-		digest := hex.EncodeToString(sha.Sum(nil))
+		digest := sha256Hex(buf)
 		if !x.check("sha256", sf.hash.String(), sf.sha256.String(), digest) {
 			return nil, nil, fmt.Sprintf("%s: the metadata extension says sha256 %s, the reconstructed bytes have sha256 %s", name, sf.sha256, digest)
 		}
 		if old := x.files[sf.hash]; old != nil && old.sha256 != digest { // cannot happen unless the hashes collide
 			return nil, nil, fmt.Sprintf("%s is stored with sha256 %s", name, old.sha256)
 		}
-		files = append(files, &xetFile{hash: sf.hash, sha256: digest, size: size, terms: sf.terms, repos: map[repoKey]bool{}})
-		datas = append(datas, nil)
-	}
-	// Reassemble only once all checks passed.
-	for i, f := range files {
-		buf := make([]byte, 0, f.size)
-		for _, t := range f.terms {
-			xb := x.xorbs[t.xorb]
-			for _, ch := range xb.chunks[t.start:t.end] {
-				data, _ := decompressChunk(xb.data[ch.off+4], xb.data[ch.off+8:ch.off+ch.size], int(ch.rawLen))
-				buf = append(buf, data...)
-			}
-		}
-		datas[i] = buf
+		files = append(files, &xetFile{hash: sf.hash, sha256: digest, size: int64(len(buf)), terms: sf.terms, repos: map[repoKey]bool{}})
+		datas = append(datas, buf)
 	}
 	return files, datas, ""
 }

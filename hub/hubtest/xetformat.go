@@ -19,7 +19,6 @@ const (
 	xetMaxXorbBytes  = 64 << 20
 	xetMaxXorbChunks = 8192
 	xetMaxShardBytes = 64 << 20
-	xetMaxChunkBytes = 1<<24 - 1 // the u24 length fields
 )
 
 // Chunk compression schemes (spec xorb.md).
@@ -123,16 +122,14 @@ var xetShardTag = [32]byte{'H', 'F', 'R', 'e', 'p', 'o', 'M', 'e', 't', 'a', 'D'
 	85, 105, 103, 69, 106, 123, 129, 87, 131, 165, 189, 217, 92, 205, 209, 74, 169}
 
 const (
-	shardHeaderSize     = 48
-	shardFooterSize     = 200
-	shardHeaderVersion  = 2
-	shardFooterVersion  = 1
-	fileFlagWithVerify  = 0x80000000
-	fileFlagWithMeta    = 0x40000000
-	chunkFlagDedup      = 0x80000000 // global dedup eligible (xet-core xorb_structs.rs)
-	shardEntrySize      = 48
-	shardFooterOffHMAC  = 72
-	shardFooterOffTimes = 104
+	shardHeaderSize    = 48
+	shardFooterSize    = 200
+	shardHeaderVersion = 2
+	shardFooterVersion = 1
+	fileFlagWithVerify = 0x80000000
+	fileFlagWithMeta   = 0x40000000
+	chunkFlagDedup     = 0x80000000 // global dedup eligible (xet-core xorb_structs.rs)
+	shardEntrySize     = 48
 )
 
 // shardTerm is one FileDataSequenceEntry, with its verification hash.

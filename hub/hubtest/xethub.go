@@ -12,14 +12,14 @@ import (
 // Xet file's info instead of a redirect (huggingface.js lib/file-download-info.ts).
 const xetFileInfoType = "application/vnd.xet-fileinfo+json"
 
-// issueXetTokenLocked makes a CAS token for repo@rev. h.mu must be held.
-func (h *Hub) issueXetTokenLocked(repo repoKey, rev string, write bool) (string, time.Time) {
+// issueXetTokenLocked makes a CAS token for repo. h.mu must be held.
+func (h *Hub) issueXetTokenLocked(repo repoKey, write bool) (string, time.Time) {
 	x := h.xet
 	v := "xet_" + newID(24)
 	exp := h.cfg.now().Add(h.cfg.xet.tokenLifetime)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.tokens[v] = xetToken{repo: repo, rev: rev, write: write, exp: exp}
+	x.tokens[v] = xetToken{repo: repo, write: write, exp: exp}
 	if write {
 		x.stats.TokensWrite++
 	} else {
@@ -51,15 +51,13 @@ func (h *Hub) xetToken(c *call) {
 	if !ok {
 		return
 	}
-	rev := c.rev
-	if !(write && boolParam(c.r.URL.Query().Get("create_pr")) && rev == "None") {
+	newPR := write && boolParam(c.r.URL.Query().Get("create_pr")) && c.rev == "None"
+	if !newPR {
 		if _, ok := commitFor(c, rp); !ok {
 			return
 		}
-	} else {
-		rev = "main"
 	}
-	tok, exp := h.issueXetTokenLocked(rp.key(), rev, write)
+	tok, exp := h.issueXetTokenLocked(rp.key(), write)
 	cas := h.CASURL()
 	hd := c.w.Header()
 	hd.Set("X-Xet-Access-Token", tok)
@@ -76,7 +74,7 @@ func (h *Hub) xetUploadActionLocked(c *call, rp *repo, ref string) *lfsAction {
 	if ref == "" {
 		ref = "main"
 	}
-	tok, exp := h.issueXetTokenLocked(rp.key(), ref, true)
+	tok, exp := h.issueXetTokenLocked(rp.key(), true)
 	return &lfsAction{
 		Href: h.baseURL(c.r) + "/api/" + rp.Kind + "s/" + rp.ID + "/xet-write-token/" + url.PathEscape(ref),
 		Header: map[string]string{
