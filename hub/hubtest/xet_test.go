@@ -663,3 +663,29 @@ func FuzzParseShard(f *testing.F) {
 		}
 	})
 }
+
+// Faults apply to the CAS routes as to the others: a 503 on a xorb, and a shard
+// registered whose reply is lost (a client that retries gets result 0, no harm).
+func TestXetFaults(t *testing.T) {
+	h := newXetHub(t)
+	tok := casToken(t, h, xtokW, "write")
+	data := compressible(50_000, 8)
+	x := encodeXorb(t, splitFixed(data, 20_000), schemeLZ4)
+	fx := h.Fault(Fault{Route: RouteXetXorb, Status: http.StatusServiceUnavailable})
+	xwant(t, postXorb(t, h, tok, x), http.StatusServiceUnavailable)
+	if fx.Fired() != 1 || h.XetStats().XorbsAccepted != 0 {
+		t.Fatalf("the fault did not stop the upload: %+v", h.XetStats())
+	}
+	xwant(t, postXorb(t, h, tok, x), http.StatusOK, `"was_inserted":true`)
+	f := newEncFile(data, encTerm{x, 0, len(x.chunks)})
+	shard := encodeShard(t, []encFile{f}, []encXorb{x}, false)
+	h.Fault(Fault{Route: RouteXetShard, ApplyThenLose: true, Status: http.StatusInternalServerError})
+	xwant(t, postShard(t, h, tok, shard), http.StatusInternalServerError)
+	if _, ok := h.XetFileBySHA256(f.sha256); !ok {
+		t.Fatal("the shard whose reply was lost was not applied")
+	}
+	xwant(t, postShard(t, h, tok, shard), http.StatusOK, `"result":0`)
+	if st := h.Stats(); st.Requests[RouteXetXorb] != 2 || st.Requests[RouteXetShard] != 2 || st.FaultsFired != 2 {
+		t.Fatalf("requests %v, faults %d", st.Requests, st.FaultsFired)
+	}
+}
