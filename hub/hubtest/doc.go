@@ -121,8 +121,9 @@
 //   - GET /v1/chunks/{default-merkledb|default}/{hash}: for a chunk in the global dedup
 //     index (the first chunk of each file, hash % 1024 == 0, or flagged eligible), a
 //     shard with no files and the xorbs holding it plus those uploaded in the same
-//     shard, chunk hashes keyed with a random HMAC key (WithXetZeroDedupKey: the zero
-//     key, raw hashes), key expiry now+7 days (WithXetDedupKeyExpiry); 404 otherwise.
+//     shard (WithXetNarrowDedup: only the former), chunk hashes keyed with a random
+//     HMAC key (WithXetZeroDedupKey: the zero key, raw hashes), key expiry now+7 days
+//     (WithXetDedupKeyExpiry); 404 otherwise.
 //     Global: any token may dedup against any repo's chunks.
 //   - GET /v1/reconstructions/{file} and /v2/...: terms cut to the chunks the Range
 //     (bytes=a-b, inclusive) touches, offset_into_first_range; v1 fetch_info with one

@@ -12,6 +12,7 @@ type xetConfig struct {
 	tokenLifetime time.Duration
 	zeroKey       bool
 	keyExpiry     time.Duration
+	narrowDedup   bool
 }
 
 func (c *config) xetCfg() *xetConfig {
@@ -45,6 +46,12 @@ func WithXetZeroDedupKey() Option { return func(c *config) { c.xetCfg().zeroKey 
 func WithXetDedupKeyExpiry(d time.Duration) Option {
 	return func(c *config) { c.xetCfg().keyExpiry = d }
 }
+
+// WithXetNarrowDedup makes global-dedup answers list only the xorbs that hold the
+// queried chunk, not the others uploaded in the same shard (the default, the "possibly
+// more" of the spec), so that a client finds a run of shared bytes only by querying a
+// chunk in it; it implies WithXet.
+func WithXetNarrowDedup() Option { return func(c *config) { c.xetCfg().narrowDedup = true } }
 
 // XetStats are the counters of the Xet CAS.
 type XetStats struct {

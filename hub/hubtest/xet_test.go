@@ -606,6 +606,21 @@ func TestXetGlobalDedup(t *testing.T) {
 	}
 }
 
+func TestXetNarrowDedup(t *testing.T) {
+	h := newXetHub(t, WithXetNarrowDedup(), WithXetDedupKeyExpiry(-time.Hour))
+	tok := casToken(t, h, xtokW, "write")
+	_, xorbs := uploadXet(t, h, tok, compressible(200_000, 6), 20_000, 4)
+	r := xdo(t, "GET", h.CASURL()+"/v1/chunks/default/"+xorbs[0].chunks[0].hash.String(), tok, nil)
+	xwant(t, r, http.StatusOK)
+	s, err := parseShard(r.body)
+	if err != nil || len(s.xorbs) != 1 || s.xorbs[0].hash != xorbs[0].hash {
+		t.Fatalf("narrow answer: %v, %d xorbs, want only %s", err, len(s.xorbs), xorbs[0].hash)
+	}
+	if exp := int64(le64(r.body[len(r.body)-shardFooterSize+112:])); exp >= time.Now().Unix() {
+		t.Fatalf("key expiry %d is not in the past", exp)
+	}
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1

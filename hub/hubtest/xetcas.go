@@ -420,8 +420,9 @@ func (x *xetState) registerShardLocked(s *shard, files []*xetFile, repo repoKey)
 }
 
 // dedupQuery answers GET /v1/chunks/{prefix}/{hash}: 404 unless the chunk is in the
-// global dedup index, else a shard listing the xorbs that hold it (and the others
-// uploaded with them), chunk hashes keyed with the Hub's HMAC key.
+// global dedup index, else a shard listing the xorbs that hold it (and, unless
+// WithXetNarrowDedup, the others uploaded with them), chunk hashes keyed with the
+// Hub's HMAC key.
 func (h *Hub) dedupQuery(c *call) {
 	x := h.xet
 	if _, ok := h.casAuth(c, false); !ok {
@@ -443,7 +444,11 @@ func (h *Hub) dedupQuery(c *call) {
 	var list []shardXorb
 	seen := map[xetHash]bool{}
 	for _, xh := range x.dedup[want] {
-		for _, gh := range append([]xetHash{xh}, x.xorbs[xh].group...) {
+		group := x.xorbs[xh].group
+		if h.cfg.xet.narrowDedup {
+			group = nil
+		}
+		for _, gh := range append([]xetHash{xh}, group...) {
 			if seen[gh] {
 				continue
 			}
