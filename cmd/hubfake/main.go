@@ -13,8 +13,8 @@
 //
 // --xet gives the Hub Xet storage: the LFS batch answers "xet" to clients that offer
 // it, and the Xet CAS host listens on --cas-addr (default: the same host, the port
-// after the CDN's). Xet state (xorbs, shards, tokens) lives in memory only; files
-// uploaded through Xet are also kept as LFS objects, so --state keeps them readable.
+// after the CDN's). --state keeps xorbs and shards too; CAS tokens do not survive a
+// restart (clients get new ones from the Hub).
 package main
 
 import (

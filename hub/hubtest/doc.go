@@ -139,8 +139,8 @@
 // and refused tokens (HubTokenRejected: a Hub token sent to the CAS). XetChecks lists
 // every comparison of a value a client sent with the one the CAS recomputed;
 // XetFileBySHA256 and XetXorbs show what is stored. Faults and the request log cover
-// the CAS routes (RouteXet*) like the others. Xet state is not persisted by
-// WithStateDir (the reassembled files are, as LFS objects).
+// the CAS routes (RouteXet*) like the others. WithStateDir keeps xorbs and shards
+// (xet/ in the state dir) and replays them at New; CAS tokens are not kept.
 //
 // # What it does not implement
 //

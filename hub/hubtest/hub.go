@@ -158,6 +158,9 @@ func New(opts ...Option) *Hub {
 	h.stats.init()
 	if cfg.xet != nil {
 		h.xet = newXetState(cfg.xet)
+		if err := h.loadXet(); err != nil {
+			panic(err)
+		}
 	}
 	for _, t := range cfg.tokens {
 		h.tokens[t.Value] = t

@@ -704,3 +704,29 @@ func TestXetFaults(t *testing.T) {
 		t.Fatalf("requests %v, faults %d", st.Requests, st.FaultsFired)
 	}
 }
+
+func TestXetStateDir(t *testing.T) {
+	dir := t.TempDir()
+	h := newXetHub(t, WithStateDir(dir))
+	tok := casToken(t, h, xtokW, "write")
+	data := compressible(120_000, 11)
+	f, xorbs := uploadXet(t, h, tok, data, 30_000, 2)
+	body := fmt.Sprintf(`{"key":"header","value":{"summary":"add"}}`+"\n"+
+		`{"key":"lfsFile","value":{"path":"w.bin","algo":"sha256","oid":%q,"size":%d}}`+"\n", f.sha256, len(data))
+	xwant(t, xdo(t, "POST", h.URL()+"/api/models/alice/model/commit/main", xtokW, []byte(body)), http.StatusOK)
+	h.Close()
+
+	h2 := New(WithXet(), WithStateDir(dir), WithToken(xtokW, "alice", ScopeWrite), WithToken(xtokR, "alice", ScopeRead)).Start(t)
+	if got, ok := h2.XetFileBySHA256(f.sha256); !ok || got.Hash != f.hash.String() {
+		t.Fatalf("after restart: %+v %v", got, ok)
+	}
+	if len(h2.XetXorbs()) != len(xorbs) || h2.XetStats() != (XetStats{}) {
+		t.Fatalf("after restart: xorbs %v, stats %+v", h2.XetXorbs(), h2.XetStats())
+	}
+	xwant(t, xdo(t, "GET", h2.URL()+"/api/models/alice/model/tree/main", xtokR, nil), http.StatusOK, `"xetHash":"`+f.hash.String()+`"`)
+	if got := reconstructXet(t, h2, casToken(t, h2, xtokR, "read"), "v2", f.hash.String(), ""); !bytes.Equal(got, data) {
+		t.Fatal("reconstruction after restart differs")
+	}
+	r := xdo(t, "GET", h2.CASURL()+"/v1/chunks/default/"+xorbs[0].chunks[0].hash.String(), casToken(t, h2, xtokR, "read"), nil)
+	xwant(t, r, http.StatusOK)
+}

@@ -224,6 +224,10 @@ func (h *Hub) xorbUpload(c *call) {
 			"xorb hash mismatch: the URL names %s but the %d chunks of the body hash to %s", want, len(chunks), got)
 		return
 	}
+	if err := h.persistXorb(want, body); err != nil {
+		writeError(c.w, http.StatusInternalServerError, "", err.Error())
+		return
+	}
 	x.mu.Lock()
 	inserted := x.xorbs[want] == nil
 	if inserted {
@@ -278,6 +282,10 @@ func (h *Hub) shardUpload(c *call) {
 	x.shards[key] = true
 	x.registerShardLocked(s, files, tok.repo)
 	x.mu.Unlock()
+	if err := h.persistShard(key, body, tok.repo); err != nil {
+		writeError(c.w, http.StatusInternalServerError, "", err.Error())
+		return
+	}
 	for i, f := range files {
 		if err := h.storeObject(f.sha256, data[i]); err != nil {
 			writeError(c.w, http.StatusInternalServerError, "", err.Error())
