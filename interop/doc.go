@@ -36,4 +36,22 @@
 //     warnings on the result.
 //   - It logs progress lines on stdout during downloads (hub.mjs prints its answer
 //     last).
+//
+// With Xet on the fake (hubtest.WithXet; xet_test.go), the same client showed (details
+// and sources in docs/xet-hub.md):
+//
+//   - It takes the CAS URL, token and expiry from the batch's upload action header and
+//     calls href only to refresh, when the token expires within 60 s; a PR upload's
+//     batch carries no ref.
+//   - It queries global dedup with prefix "default" for the first chunk of each file,
+//     and reads the answer's CAS info only up to the u64 at footer+24 (which the spec
+//     calls reserved).
+//   - Its shards carry a 200-byte footer; its xorbs are cut at 64 MiB serialized.
+//   - Downloads: the file-info answer (200, application/vnd.xet-fileinfo+json) must
+//     carry X-Xet-Hash, X-Linked-Size and both Link rels; it rewrites the v1
+//     reconstruction link to v2 and fetches multi-range entries as one
+//     multipart/byteranges request, without Authorization.
+//   - For bytes it uploaded, the chunk, xorb, range, file and sha256 values the CAS
+//     recomputes equal what it sent, and its own chunker (xetchunk-wasm) gives the
+//     chunk and file hashes the CAS stores.
 package interop

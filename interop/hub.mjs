@@ -53,6 +53,30 @@ const commands = {
 		return out;
 	},
 
+	// Downloads through whatever path the client picks and says whether it was Xet
+	// (a XetBlob: reconstruction plus transfer URLs) rather than the LFS redirect.
+	async downloadVia({ repo, paths, revision }) {
+		const out = {};
+		for (const path of paths) {
+			const blob = await hub.downloadFile({ repo, hubUrl, accessToken, path, revision });
+			const buf = Buffer.from(await blob.arrayBuffer());
+			out[path] = { size: buf.length, sha256: sha256(buf), xet: blob instanceof hub.__internal_XetBlob };
+		}
+		return out;
+	},
+
+	// The client's own Xet hashing of a local file (the chunker and hashes huggingface.js
+	// uploads with, from its dependency @huggingface/xetchunk-wasm).
+	async xetHashes({ file }) {
+		const xet = await import("@huggingface/xetchunk-wasm");
+		const chunks = xet.getChunks(new Uint8Array(await readFile(file)));
+		return {
+			fileHash: xet.hashToHex(xet.fileHash(chunks)),
+			chunks: chunks.map((c) => xet.hashToHex(c.hash)),
+			sizes: chunks.map((c) => c.length),
+		};
+	},
+
 	async downloadRaw({ repo, path }) {
 		const blob = await hub.downloadFile({ repo, hubUrl, accessToken, path, raw: true });
 		return { text: blob === null ? null : await blob.text() };

@@ -21,6 +21,10 @@
 // whoami has no accessToken) or fineGrained:ENTITY=PERM+PERM,... where ENTITY is
 // user/NAME, org/NAME or model/OWNER/NAME, e.g.
 // --token hf_fg=alice:fineGrained:user/alice=repo.content.read+repo.write.
+// --xet gives the Hub Xet storage: the LFS batch answers "xet" to clients that offer
+// it, and the Xet CAS host listens on --cas-addr (default: the same host, the port
+// after the CDN's). --state keeps xorbs and shards too; CAS tokens do not survive a
+// restart (clients get new ones from the Hub).
 package main
 
 import (
@@ -37,6 +41,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hfmerge/hfmerge/hub/hubtest"
 )
@@ -60,6 +65,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "`host:port` of the Hub API (port 0 picks one)")
 	cdnAddr := fs.String("cdn-addr", "", "`host:port` of the CDN/storage host (default: same host, next port)")
+	xet := fs.Bool("xet", false, "give the Hub Xet storage, with its CAS host on --cas-addr")
+	casAddr := fs.String("cas-addr", "", "`host:port` of the Xet CAS host (default: same host, port after the CDN's)")
+	xetLifetime := fs.Duration("xet-token-lifetime", time.Hour, "lifetime of Xet CAS tokens")
 	state := fs.String("state", "", "`dir` to load state from and save it to after every change")
 	seed := fs.String("seed", "", "`dir` of repos to commit at start: DIR/<owner>/<name>/...")
 	user := fs.String("user", "user", "account of tokens given without one")
@@ -107,18 +115,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *state != "" {
 		opts = append(opts, hubtest.WithStateDir(*state))
 	}
+	if *xet {
+		opts = append(opts, hubtest.WithXet(), hubtest.WithXetTokenLifetime(*xetLifetime))
+	} else if *casAddr != "" {
+		fmt.Fprintf(stderr, "hubfake: --cas-addr needs --xet\n")
+		return 2
+	}
 	logger := log.New(stderr, "hubfake: ", log.LstdFlags)
 	if *verbose {
 		opts = append(opts, hubtest.WithLogf(logger.Printf))
 	}
-	if err := serve(ctx, opts, *addr, *cdnAddr, *seed, stdout); err != nil {
+	if err := serve(ctx, opts, *addr, *cdnAddr, *casAddr, *xet, *seed, stdout); err != nil {
 		logger.Print(err)
 		return 1
 	}
 	return 0
 }
 
-func serve(ctx context.Context, opts []hubtest.Option, addr, cdnAddr, seedDir string, stdout io.Writer) (err error) {
+func serve(ctx context.Context, opts []hubtest.Option, addr, cdnAddr, casAddr string, xet bool, seedDir string, stdout io.Writer) (err error) {
 	// New panics on unreadable state: turn that into an error message.
 	defer func() {
 		if r := recover(); r != nil {
@@ -138,18 +152,41 @@ func serve(ctx context.Context, opts []hubtest.Option, addr, cdnAddr, seedDir st
 		hubLn.Close()
 		return fmt.Errorf("listen on CDN address: %w", err)
 	}
+	var casLn net.Listener
+	if xet {
+		if casAddr == "" {
+			casAddr = nextPort(cdnLn.Addr().(*net.TCPAddr), cdnAddr)
+		}
+		if casLn, err = net.Listen("tcp", casAddr); err != nil {
+			hubLn.Close()
+			cdnLn.Close()
+			return fmt.Errorf("listen on CAS address: %w", err)
+		}
+	}
 	if seedDir != "" {
 		repos, err := seedRepos(h, seedDir)
 		if err != nil {
 			hubLn.Close()
 			cdnLn.Close()
+			if casLn != nil {
+				casLn.Close()
+			}
 			return err
 		}
 		for _, r := range repos {
 			fmt.Fprintf(stdout, "seeded %s\n", r)
 		}
 	}
-	fmt.Fprintf(stdout, "hub %s\ncdn %s\n", "http://"+hubLn.Addr().String(), "http://"+cdnLn.Addr().String())
+	fmt.Fprintf(stdout, "hub %s\n", "http://"+hubLn.Addr().String())
+	casDone := make(chan error, 1)
+	if casLn != nil {
+		fmt.Fprintf(stdout, "cas %s\n", "http://"+casLn.Addr().String())
+		h.SetCASURL("http://" + casLn.Addr().String()) // before any client can ask for a token
+		cctx, cancel := context.WithCancel(ctx)
+		defer func() { cancel(); err = errors.Join(err, <-casDone) }()
+		go func() { casDone <- h.ServeCAS(cctx, casLn) }()
+	}
+	fmt.Fprintf(stdout, "cdn %s\n", "http://"+cdnLn.Addr().String())
 	fmt.Fprintf(stdout, "export HF_ENDPOINT=http://%s\n", hubLn.Addr())
 	err = h.Serve(ctx, hubLn, cdnLn)
 	if errors.Is(err, context.Canceled) {

@@ -226,3 +226,45 @@ func TestStatsOnShutdown(t *testing.T) {
 		t.Fatalf("stats line %q: %v", stats, err)
 	}
 }
+
+func TestXet(t *testing.T) {
+	hub, _, lines, stop := start(t, "--xet", "--token", "hf_w=alice:write", "--seed", seedOne(t))
+	var cas string
+	for _, l := range lines {
+		if u, ok := strings.CutPrefix(l, "cas "); ok {
+			cas = u
+		}
+	}
+	if cas == "" || cas == hub {
+		t.Fatalf("no CAS address in %q", lines)
+	}
+	code, body := get(t, hub+"/api/models/alice/base/xet-write-token/main", "hf_w")
+	if code != 200 || !strings.Contains(body, `"casUrl":"`+cas+`"`) || !strings.Contains(body, `"accessToken":"xet_`) {
+		t.Fatalf("write token: %d %s", code, body)
+	}
+	if code, body := get(t, cas+"/v1/chunks/default-merkledb/"+strings.Repeat("0", 64), ""); code != 401 {
+		t.Fatalf("CAS without a token: %d %s", code, body)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	// Without --xet there is no CAS and the token route is 404.
+	hub, _, lines, _ = start(t, "--token", "hf_w=alice:write", "--seed", seedOne(t))
+	if strings.Contains(strings.Join(lines, "\n"), "cas ") {
+		t.Fatalf("a CAS without --xet: %q", lines)
+	}
+	if code, _ := get(t, hub+"/api/models/alice/base/xet-write-token/main", "hf_w"); code != 404 {
+		t.Fatalf("token route without --xet: %d", code)
+	}
+	var out, errb bytes.Buffer
+	if code := run(t.Context(), []string{"--cas-addr", "127.0.0.1:0"}, &out, &errb); code != 2 {
+		t.Fatalf("--cas-addr without --xet: exit %d", code)
+	}
+}
+
+func seedOne(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "alice", "base", "config.json"), []byte(`{}`))
+	return dir
+}

@@ -3,7 +3,10 @@
 // test can inspect. It follows the HTTP protocol as documented in
 // shared/research/hub-protocol.md and as the official JavaScript client
 // (@huggingface/hub) speaks it (see interop/), not any client of ours: it imports
-// nothing but the standard library.
+// nothing of hfmerge, only the standard library and, for Xet, a BLAKE3 and an LZ4
+// module; its Xet hashing and parsing are its own, written from the spec, so that a
+// mistake in hfmerge's Xet client cannot be mirrored by the referee it is tested
+// against.
 //
 //	hub := hubtest.New(hubtest.WithToken("hf_w", "alice", hubtest.ScopeWrite),
 //		hubtest.WithLFSThreshold(1024)).Start(t)
@@ -26,9 +29,11 @@
 //     default .gitattributes (*.safetensors, *.bin, ... are LFS), as on the Hub.
 //   - GET /api/{models,datasets,spaces}/{repo}[/revision/{rev}]: id, sha, siblings
 //     (size, blobId, lfs{size, sha256, pointerSize} with blobs=true), private, gated,
-//     lastModified, usedStorage, xetEnabled=false; expand=... selects fields.
+//     lastModified, usedStorage, xetEnabled (true with WithXet); expand=... selects
+//     fields.
 //   - GET .../tree/{rev}[/{path}]?recursive&expand: entries {type, oid, size, path,
-//     lfs{oid, size, pointerSize}, lastCommit with expand}, paginated with an absolute
+//     lfs{oid, size, pointerSize}, xetHash for content the CAS stores, lastCommit
+//     with expand}, paginated with an absolute
 //     Link rel="next" (WithTreePageSize to force pages).
 //   - POST .../paths-info/{rev}: JSON or form body, unknown paths left out.
 //   - GET .../refs[?include_prs=1], GET .../commits/{rev} (paginated).
@@ -36,8 +41,9 @@
 //     commitOid (the head of rev).
 //   - POST /{repo}.git/info/lfs/objects/batch: upload (basic, multipart; objects
 //     already stored come back without actions; a verify action unless
-//     WithVerifyAction(false)) and download. Never "xet": offered xet is ignored, as a
-//     non-Xet repo does, and clients fall back to LFS.
+//     WithVerifyAction(false)) and download. Without WithXet, offered "xet" is
+//     ignored, as a non-Xet repo does, and clients fall back to LFS; with it, "xet" is
+//     chosen when offered (see Xet below).
 //   - POST /api/complete_multipart?...: the signed multipart completion URL; checks
 //     part order, ETags, size and sha256.
 //   - POST /{repo}.git/info/lfs/objects/verify.
@@ -51,7 +57,8 @@
 //     Range support; LFS files 302 to a signed CDN URL with X-Linked-Etag (sha256),
 //     X-Linked-Size, ETag; X-Repo-Commit everywhere (also on EntryNotFound).
 //     /raw/ serves the git blob (the pointer of an LFS file).
-//   - GET .../xet-{read,write}-token/{rev}: 404, the repo has no Xet storage.
+//   - GET .../xet-{read,write}-token/{rev}[?create_pr=1]: 404 without WithXet (see
+//     Xet below).
 //
 // Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound,
 // GatedRepo), X-Error-Message and {"error": msg}. A missing repo and a private repo
@@ -96,9 +103,62 @@
 // When serving Handler and CDNHandler yourself, call SetURLs: redirects, signed URLs
 // and Link headers are absolute.
 //
+// # Xet (WithXet)
+//
+// Hub host: GET .../xet-{read,write}-token/{rev} answers {accessToken, exp, casUrl}
+// (and the same in X-Xet-Access-Token, X-Xet-Token-Expiration, X-Xet-Cas-Url); read
+// needs access to the contents, write a write token of a member; create_pr=1 accepts
+// rev "None" (huggingface_hub's spelling of the default branch). Tokens expire
+// (WithXetTokenLifetime) and are scoped to the repo. The LFS batch, offered "xet",
+// answers transfer "xet" with, per object to upload, header {X-Xet-Cas-Url,
+// X-Xet-Access-Token, X-Xet-Token-Expiration, X-Xet-Session-Id} and href = the
+// write-token URL of the batch's ref (the refresh URL). /resolve/ of a file the CAS
+// stores adds X-Xet-Hash, X-Xet-Refresh-Route and Link rel="xet-auth" and
+// rel="xet-reconstruction-info" (the v1 URL, as the Hub does); with Accept:
+// application/vnd.xet-fileinfo+json it answers 200 with that type and {hash,
+// refreshUrl, reconstructionUrl, etag, size} instead of the redirect.
+//
+// CAS host (CASHandler, CASURL; Start puts it on 127.0.0.3 when it can), Bearer CAS
+// token on every route except transfers:
+//   - POST /v1/xorbs/default/{hash}: parses the chunks, decompresses each (none, LZ4
+//     frame, BG4+LZ4), recomputes the chunk hashes and the xorb hash; 400 naming the
+//     chunk or both hashes on a mismatch or malformed body; {"was_inserted"}. HEAD
+//     says whether it is stored.
+//   - POST /v1/shards (with or without the footer): every CAS-info xorb must be stored
+//     with those chunks; every term must reference a stored xorb and an existing chunk
+//     range, with the right size and verification hash; the file hash and the sha256
+//     metadata extension (required) must match the reassembled bytes; 400 with the
+//     reason otherwise; {"result": 1, or 0 for a shard seen before}. Accepted files are
+//     stored as LFS objects too: committable by sha256 in an lfsFile line, served by
+//     the CDN path, answered "already stored" by the batch.
+//   - GET /v1/chunks/{default-merkledb|default}/{hash}: for a chunk in the global dedup
+//     index (the first chunk of each file, hash % 1024 == 0, or flagged eligible), a
+//     shard with no files and the xorbs holding it plus those uploaded in the same
+//     shard (WithXetNarrowDedup: only the former), chunk hashes keyed with a random
+//     HMAC key (WithXetZeroDedupKey: the zero key, raw hashes), key expiry now+7 days
+//     (WithXetDedupKeyExpiry); 404 otherwise.
+//     Global: any token may dedup against any repo's chunks.
+//   - GET /v1/reconstructions/{file} and /v2/...: terms cut to the chunks the Range
+//     (bytes=a-b, inclusive) touches, offset_into_first_range; v1 fetch_info with one
+//     signed URL per range, v2 xorbs with one signed URL per xorb for all its ranges;
+//     416 past the end; 404 unless the token's repo uploaded the file or has it in a
+//     commit.
+//   - GET /xorb/default/{hash}?X-Xet-Signed-Range=...: signed, expiring (WithURLExpiry,
+//     ExpireURLs), no Authorization; the Range must be one signed range (206) or all
+//     of them (206 multipart/byteranges); any other is 403.
+//
+// XetStats counts tokens issued, xorb bytes received, xorbs and shards accepted and
+// rejected, files registered, dedup queries and hits, reconstructions, transfer bytes
+// and refused tokens (HubTokenRejected: a Hub token sent to the CAS). XetChecks lists
+// every comparison of a value a client sent with the one the CAS recomputed;
+// XetFileBySHA256 and XetXorbs show what is stored. Faults and the request log cover
+// the CAS routes (RouteXet*) like the others. WithStateDir keeps xorbs and shards
+// (xet/ in the state dir) and replays them at New; CAS tokens are not kept.
+//
 // # What it does not implement
 //
-// Xet (CAS, xet tokens, X-Xet-Hash), git over HTTP, renamed-repo redirects, spaces
+// Xet's /v2/shards, batch reconstruction, file-chunk-hashes, HEAD /v1/files, and
+// buckets; git over HTTP, renamed-repo redirects, spaces
 // runtime, discussions beyond the PR number, branch/tag creation over HTTP (use Seed
 // with OnBranch/WithTag), abbreviated revisions in URLs, securityFileStatus,
 // safetensors metadata in model info, rate limiting other than scripted faults, the

@@ -71,6 +71,7 @@ type config struct {
 	downRate       int64
 	upRate         int64
 	latency        time.Duration
+	xet            *xetConfig // nil: no Xet storage
 }
 
 // Option configures a Hub.
@@ -164,6 +165,7 @@ type Hub struct {
 	faults   faultSet
 	stats    recorder
 	down, up *bucket      // the modelled link (WithLink); nil: unlimited
+	xet      *xetState    // nil without WithXet
 	inflight atomic.Int64 // requests being handled (WaitIdle)
 
 	srvMu   sync.Mutex
@@ -199,6 +201,12 @@ func New(opts ...Option) *Hub {
 	rand.Read(h.key)
 	h.stats.init()
 	h.down, h.up = newBucket(cfg.downRate), newBucket(cfg.upRate)
+	if cfg.xet != nil {
+		h.xet = newXetState(cfg.xet)
+		if err := h.loadXet(); err != nil {
+			panic(err)
+		}
+	}
 	for _, t := range cfg.tokens {
 		h.tokens[t.Value] = t
 	}
@@ -286,6 +294,7 @@ func (h *Hub) Start(tb TB) *Hub {
 	h.servers = append(h.servers, hub, cdn)
 	h.srvMu.Unlock()
 	h.SetURLs(hub.URL, cdn.URL)
+	h.startCAS()
 	tb.Cleanup(h.Close)
 	return h
 }

@@ -76,8 +76,10 @@ func writeLFSError(w http.ResponseWriter, status int, msg string) {
 // store already has comes back without actions; others get a basic PUT URL on the
 // storage host, or, when the client offers "multipart" and the object is larger than
 // the chunk size, a completion URL with chunk_size and one signed URL per part in the
-// header. "xet" is never chosen: the fake is a repo without Xet storage, so clients
-// that offer it fall back to these transfers. "download" is answered too.
+// header. "xet" is chosen only on a Hub with Xet (WithXet) for clients that offer it:
+// objects to upload then get the CAS URL, a write token and a refresh URL (see
+// xetUploadActionLocked); otherwise clients that offer it fall back to these
+// transfers. "download" is answered too.
 func (h *Hub) batch(c *call) {
 	var req struct {
 		Operation string   `json:"operation"`
@@ -113,7 +115,8 @@ func (h *Hub) batch(c *call) {
 		transfers = []string{"basic"}
 	}
 	multipart := slices.Contains(transfers, "multipart")
-	if !multipart && !slices.Contains(transfers, "basic") {
+	useXet := h.xet != nil && req.Operation == "upload" && slices.Contains(transfers, "xet")
+	if !useXet && !multipart && !slices.Contains(transfers, "basic") {
 		writeLFSError(c.w, http.StatusUnprocessableEntity, "hubtest offers only the basic and multipart transfers (no xet)")
 		return
 	}
@@ -127,6 +130,7 @@ func (h *Hub) batch(c *call) {
 	chosen := "basic"
 	expires := int64(h.cfg.urlExpiry.Seconds())
 	out := []lfsObject{}
+	var xetAction *lfsAction // one CAS token per batch
 	for _, o := range req.Objects {
 		obj := lfsObject{OID: o.OID, Size: o.Size}
 		stored, have := h.objects[o.OID]
@@ -140,6 +144,15 @@ func (h *Hub) batch(c *call) {
 		case req.Operation == "download":
 			obj.Actions = &lfsActions{Download: &lfsAction{Href: h.signedURLLocked("/lfs/"+o.OID, nil), ExpiresIn: expires}}
 		case have: // already stored: no actions, nothing to upload
+		case useXet:
+			if xetAction == nil {
+				ref := ""
+				if req.Ref != nil {
+					ref = req.Ref.Name
+				}
+				xetAction = h.xetUploadActionLocked(c, rp, ref)
+			}
+			obj.Actions = &lfsActions{Upload: xetAction}
 		default:
 			up := &upload{id: newID(12), repo: rp.key(), oid: o.OID, size: o.Size,
 				partData: map[int][]byte{}, partETag: map[int]string{}}
@@ -154,6 +167,9 @@ func (h *Hub) batch(c *call) {
 			}
 		}
 		out = append(out, obj)
+	}
+	if useXet {
+		chosen = "xet"
 	}
 	writeJSONType(c.w, http.StatusOK, lfsMediaType, map[string]any{"transfer": chosen, "objects": out, "hash_algo": "sha256"})
 }

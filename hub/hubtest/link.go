@@ -12,8 +12,8 @@ import (
 
 // WithLink makes every body that crosses the user's link share one download rate and
 // one upload rate, in bytes per second (0 leaves that direction unlimited): CDN GET
-// and resolve reply bodies count as download; upload PUT bodies (basic and parts) and
-// commit request bodies count as upload. Stats.BytesDown and BytesUp count them.
+// and resolve reply bodies and Xet transfers count as download; upload PUT bodies (basic
+// and parts), commit request bodies and Xet xorbs and shards count as upload. Stats.BytesDown and BytesUp count them.
 func WithLink(downBytesPerSecond, upBytesPerSecond int64) Option {
 	return func(c *config) { c.downRate, c.upRate = downBytesPerSecond, upBytesPerSecond }
 }
@@ -25,9 +25,9 @@ func WithLatency(d time.Duration) Option { return func(c *config) { c.latency = 
 // linkOf says whether the bodies of a route cross the download or the upload link.
 func linkOf(route Route) (down, up bool) {
 	switch route {
-	case RouteCDNGet, RouteResolve, RouteRaw:
+	case RouteCDNGet, RouteResolve, RouteRaw, RouteXetTransfer:
 		return true, false
-	case RouteUploadPut, RoutePartPut, RouteCommit:
+	case RouteUploadPut, RoutePartPut, RouteCommit, RouteXetXorb, RouteXetShard:
 		return false, true
 	}
 	return false, false

@@ -81,7 +81,7 @@ func (h *Hub) info(c *call) {
 		"lastModified": hubTime(cm.Date), "createdAt": hubTime(rp.Created),
 		"private": rp.Private, "gated": gated, "disabled": false,
 		"downloads": 0, "likes": 0, "tags": []string{}, "siblings": siblings,
-		"usedStorage": used, "xetEnabled": false,
+		"usedStorage": used, "xetEnabled": h.xet != nil,
 	}
 	if rp.Kind == KindModel {
 		full["modelId"] = rp.ID
@@ -107,6 +107,7 @@ type treeEntry struct {
 	Size       int64       `json:"size"`
 	Path       string      `json:"path"`
 	LFS        *lfsInfo    `json:"lfs,omitempty"`
+	XetHash    string      `json:"xetHash,omitempty"` // when the CAS stores the content
 	LastCommit *lastCommit `json:"lastCommit,omitempty"`
 }
 
@@ -206,6 +207,7 @@ func (h *Hub) tree(c *call) {
 	out := []treeEntry{}
 	for _, pth := range paths[start:end] {
 		te, _ := entryAt(rp, cm, pth, expand)
+		te.XetHash = h.xetHashLocked(te)
 		out = append(out, te)
 	}
 	if end < len(paths) {
@@ -288,6 +290,7 @@ func (h *Hub) pathsInfo(c *call) {
 		}
 		seen = append(seen, pth)
 		if te, ok := entryAt(rp, cm, pth, expand); ok {
+			te.XetHash = h.xetHashLocked(te)
 			out = append(out, te)
 		}
 	}

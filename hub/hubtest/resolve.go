@@ -7,12 +7,6 @@ import (
 	"strings"
 )
 
-// xetToken answers the Xet token routes as for a repo without Xet storage: the fake
-// implements no CAS, so a client must stay on the LFS path.
-func (h *Hub) xetToken(c *call) {
-	writeError(c.w, http.StatusNotFound, "", "hubtest: Xet storage is not enabled for this repo")
-}
-
 // resolve answers GET|HEAD /{repo}/resolve/{rev}/{path} and /raw/: regular files (and
 // raw LFS pointers) are served here with ETag = git sha1; LFS files redirect (302) to
 // a signed CDN URL with X-Linked-Etag and X-Linked-Size. Every answer about an
@@ -41,6 +35,9 @@ func (h *Hub) resolve(c *call) {
 	hd.Set("X-Repo-Commit", cm.ID)
 	if e == nil {
 		writeError(c.w, http.StatusNotFound, CodeEntryNotFound, "Entry not found")
+		return
+	}
+	if h.xetResolve(c, rp, e) {
 		return
 	}
 	switch {

@@ -32,9 +32,12 @@ var errDropped = errors.New("hubtest: connection dropped by fault")
 // serve routes a request, logs and counts it, applies faults, and dispatches it.
 func (h *Hub) serve(host string, w http.ResponseWriter, r *http.Request) {
 	var c *call
-	if host == HostCDN {
+	switch host {
+	case HostCDN:
 		c = routeCDN(r)
-	} else {
+	case HostCAS:
+		c = routeCAS(r)
+	default:
 		c = routeHub(r)
 	}
 	i := h.stats.begin(host, r, c.route, h.cfg.now())
@@ -200,6 +203,8 @@ func (h *Hub) dispatch(c *call) {
 		h.cdnGet(c)
 	case RouteUploadPut, RoutePartPut:
 		h.uploadPut(c)
+	default:
+		h.dispatchXet(c)
 	}
 }
 

@@ -140,5 +140,9 @@ func (h *Hub) WaitIdle(ctx context.Context) error {
 	return nil
 }
 
-// ResetStats zeroes the counters and empties the request log (repos are kept).
-func (h *Hub) ResetStats() { h.stats.init() }
+// ResetStats zeroes the counters (the Xet ones too) and empties the request log and
+// the Xet check log (repos and stored objects are kept).
+func (h *Hub) ResetStats() {
+	h.stats.init()
+	h.resetXetStats()
+}
