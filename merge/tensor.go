@@ -12,6 +12,7 @@ import (
 type tensor struct {
 	t          *mergeplan.Tensor
 	off        int64 // where the tensor's bytes start in the output file
+	size       int64 // its length in bytes
 	rows, cols int
 	in         map[string]io.ReaderAt
 	dec        decoder
