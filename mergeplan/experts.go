@@ -134,12 +134,17 @@ func (b *builder) site(module, param string) (*expertSite, error) {
 			}
 		}
 	}
-	tried := []string{name}
-	for _, parts := range perExpertNames[param] {
-		tried = append(tried, prefixes[len(prefixes)-1]+".{e}."+parts[0]+".weight")
+	var tried []string
+	for _, prefix := range prefixes {
+		for _, parts := range perExpertNames[param] {
+			tried = append(tried, prefix+".{e}."+parts[0]+".weight")
+		}
 	}
-	return nil, fmt.Errorf("has no expert tensors in the base: neither %s is there (the expert tensors are missing, or the adapter is for another model)",
-		strings.Join(tried, " nor "))
+	if len(tried) == 0 {
+		return nil, fmt.Errorf("has no expert tensors in the base: no tensor %s (the expert tensors are missing, or the adapter is for another model)", name)
+	}
+	return nil, fmt.Errorf("has no expert tensors in the base: no tensor %s, nor per-expert %s (the expert tensors are missing, or the adapter is for another model)",
+		name, strings.Join(tried, ", "))
 }
 
 // perExpert finds per-expert weights prefix.{e}.<part>.weight for e = 0, 1, ..., or nil.

@@ -1,0 +1,174 @@
+package mergeplan_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// moe is a one-layer MoE base of 4 experts; square makes its gate_up_proj (E, 2I, H)
+// square (2I = H).
+func moe(layout fixture.ExpertLayout, square bool) *fixture.Model {
+	h, i := 24, 8
+	if square {
+		h = 16
+	}
+	return fixture.MoE(fixture.MoESpec{Hidden: h, Intermediate: i, Experts: 4, Layers: 1, Vocab: 32, Layout: layout,
+		DType: safetensors.BF16, Seed: 1})
+}
+
+// experts adds gate_up_proj and down_proj LoRA (r = 2) for a base with hidden h and
+// intermediate i, nested as PEFT nests them.
+func expertsAdapter(version string, h, i int64) *fixture.Adapter {
+	a := fixture.NewExpertAdapter(2, 4, version, "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+	r := fixture.NewRand(2)
+	a.Experts(fixture.ExpertsModule(0), 1, 4, 2, h, 2*i, safetensors.F32, r)
+	a.Experts(fixture.ExpertsModule(0), 0, 4, 2, i, h, safetensors.F32, r)
+	return a
+}
+
+func module(t *testing.T, p *mergeplan.Plan, param string) mergeplan.Module {
+	t.Helper()
+	for _, m := range p.Modules {
+		if m.Param == param {
+			return m
+		}
+	}
+	t.Fatalf("no module for %s in %+v", param, p.Modules)
+	return mergeplan.Module{}
+}
+
+// TestExpertPlan checks what the plan says about an expert merge, from headers alone:
+// which tensors change, from which keys, read which way.
+func TestExpertPlan(t *testing.T) {
+	p := mergeplan.Build(input(t, moe(fixture.PerExpert, false), expertsAdapter("0.19.1", 24, 8), mergeplan.Options{}))
+	if !p.OK() {
+		t.Fatal(p.Problems)
+	}
+	gu := module(t, p, "gate_up_proj")
+	if gu.Kind != "expert" || gu.Experts != 4 || gu.Layout != "out-in, per-expert" || len(gu.Tensors) != 8 ||
+		!strings.HasSuffix(gu.Keys[0], "mlp.experts.base_layer.lora_A.weight") || gu.Scale != 2 {
+		t.Errorf("gate_up_proj: %+v", gu)
+	}
+	dn := module(t, p, "down_proj")
+	if len(dn.Tensors) != 4 || dn.Tensors[3] != "model.layers.0.mlp.experts.3.down_proj.weight" ||
+		!strings.HasSuffix(dn.Keys[1], "mlp.experts.lora_B.weight") {
+		t.Errorf("down_proj: %+v", dn)
+	}
+	up := target(t, p, "model.layers.0.mlp.experts.2.up_proj.weight")
+	if len(up.Deltas) != 1 || up.Deltas[0].Expert.Index != 2 || up.Deltas[0].Expert.Lo != 8 || up.Deltas[0].Expert.Hi != 16 ||
+		!strings.Contains(up.Reason, "rows 8–16 of expert 2's gate_up_proj delta") {
+		t.Errorf("up_proj of expert 2: %+v, %q", up.Deltas, up.Reason)
+	}
+	if g := target(t, p, "model.layers.0.mlp.gate.weight"); !g.Copy() {
+		t.Error("the router changes")
+	}
+}
+
+// TestExpertNesting: the keys PEFT nests (experts.base_layer.lora_* for the parameter
+// wrapped first) are mapped by PEFT's wrapping order, not the config's list order, and
+// the shapes overrule an order that does not fit them.
+func TestExpertNesting(t *testing.T) {
+	m := moe(fixture.Fused, false)
+	a := expertsAdapter("0.19.1", 24, 8)
+	a.Config["target_parameters"] = []string{"mlp.experts.down_proj", "mlp.experts.gate_up_proj"}
+	p := mergeplan.Build(input(t, m, a, mergeplan.Options{}))
+	if !p.OK() {
+		t.Fatal(p.Problems)
+	}
+	if gu := module(t, p, "gate_up_proj"); !strings.Contains(gu.Keys[0], "base_layer") || gu.Note != "" {
+		t.Errorf("gate_up_proj: %+v", gu)
+	}
+	// Keys nested the other way round (as PEFT would for an already parametrized
+	// module): the shapes decide, and the plan says so.
+	b := fixture.NewExpertAdapter(2, 4, "0.19.1", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+	r := fixture.NewRand(2)
+	b.Experts(fixture.ExpertsModule(0), 0, 4, 2, 24, 16, safetensors.F32, r)
+	b.Experts(fixture.ExpertsModule(0), 1, 4, 2, 8, 24, safetensors.F32, r)
+	p = mergeplan.Build(input(t, m, b, mergeplan.Options{}))
+	if !p.OK() {
+		t.Fatal(p.Problems)
+	}
+	if gu := module(t, p, "gate_up_proj"); strings.Contains(gu.Keys[0], "base_layer") || !strings.Contains(gu.Note, "shapes fit gate_up_proj") {
+		t.Errorf("gate_up_proj: %+v", gu)
+	}
+}
+
+// TestExpertRefusals: what the planner cannot prove, it refuses, naming the tensor.
+func TestExpertRefusals(t *testing.T) {
+	// Square (E, 2I, H) with 2I = H on Transformers v5's experts, from a PEFT before
+	// 0.19.1: both readings fit, and the adapter does not say which PEFT took.
+	for _, v := range []string{"0.18.1", "0.19.1.dev0@abc", ""} {
+		a := expertsAdapter(v, 16, 8)
+		if v == "" {
+			delete(a.Config, "peft_version")
+		}
+		p := mergeplan.Build(input(t, moe(fixture.Fused, true), a, mergeplan.Options{}))
+		expectProblem(t, p, "base_model.model.model.layers.0.mlp.experts.base_layer.lora_A.weight",
+			"model.layers.0.mlp.experts.gate_up_proj is (E=4, 16, 16), square", "(E, out, in)", "(E, in, out)")
+		// The option settles it; down_proj (E, H, I) is not square and needs none.
+		for _, o := range []mergeplan.ExpertLayout{mergeplan.ExpertOutIn, mergeplan.ExpertInOut} {
+			p = mergeplan.Build(input(t, moe(fixture.Fused, true), expertsAdapter(v, 16, 8), mergeplan.Options{Experts: o}))
+			if !p.OK() {
+				t.Fatalf("%s with %s: %v", v, o, p.Problems)
+			}
+			d := target(t, p, "model.layers.0.mlp.experts.gate_up_proj").Deltas[0]
+			if d.Transposed != (o == mergeplan.ExpertInOut) {
+				t.Errorf("%s: Transposed %v", o, d.Transposed)
+			}
+		}
+	}
+	// 0.19.1 and later read v5's experts (E, out, in).
+	p := mergeplan.Build(input(t, moe(fixture.Fused, true), expertsAdapter("0.20.1.dev0@5d602fd", 16, 8), mergeplan.Options{}))
+	if !p.OK() || target(t, p, "model.layers.0.mlp.experts.gate_up_proj").Deltas[0].Transposed {
+		t.Errorf("0.20.1.dev0: %v", p.Problems)
+	}
+
+	// lora_A's rows are not a multiple of the base's expert count.
+	a := fixture.NewExpertAdapter(2, 4, "0.19.1", "mlp.experts.down_proj")
+	a.Add(fixture.Key(fixture.ExpertsModule(0), "lora_A.weight"), safetensors.F32, 0.1, fixture.NewRand(1), 9, 8)
+	a.Add(fixture.Key(fixture.ExpertsModule(0), "lora_B.weight"), safetensors.F32, 0.1, fixture.NewRand(1), 24, 9)
+	p = mergeplan.Build(input(t, moe(fixture.Fused, false), a, mergeplan.Options{}))
+	expectProblem(t, p, "base_model.model.model.layers.0.mlp.experts.lora_A.weight", "has 9 rows", "4 experts, which must divide r·E")
+
+	// A fused target on a base without expert tensors (a dense model).
+	dense := fixture.Llama(fixture.LlamaSpec{Hidden: 24, Intermediate: 8, Layers: 1, Vocab: 32, DType: safetensors.BF16})
+	p = mergeplan.Build(input(t, dense, expertsAdapter("0.19.1", 24, 8), mergeplan.Options{}))
+	expectProblem(t, p, "model.layers.0.mlp.experts", "targets model.layers.0.mlp.experts.gate_up_proj",
+		"no expert tensors in the base", "model.layers.0.mlp.experts.{e}.gate_proj.weight")
+
+	// A rank that does not agree with the config.
+	a = expertsAdapter("0.19.1", 24, 8)
+	a.Config["rank_pattern"] = map[string]any{"down_proj": 4}
+	p = mergeplan.Build(input(t, moe(fixture.Fused, false), a, mergeplan.Options{}))
+	expectProblem(t, p, "rank mismatch", "r = 4 for model.layers.0.mlp.experts.down_proj")
+}
+
+// TestExpertReadingGPTOSS: gpt-oss's experts are is_transposed; a square down_proj
+// (E, I, H) is read (E, in, out) except by PEFT 0.19.0, which swapped them.
+func TestExpertReadingGPTOSS(t *testing.T) {
+	m := fixture.MoE(fixture.MoESpec{Hidden: 8, Intermediate: 8, Experts: 4, Layers: 1, Vocab: 32, Layout: fixture.Interleaved,
+		DType: safetensors.BF16, Seed: 1})
+	for v, inOut := range map[string]bool{"0.17.1": true, "0.18.1": true, "0.19.0": false, "0.19.1": true, "0.20.0": true} {
+		p := mergeplan.Build(input(t, m, expertsAdapter(v, 8, 8), mergeplan.Options{}))
+		if !p.OK() {
+			t.Fatalf("%s: %v", v, p.Problems)
+		}
+		if d := target(t, p, "model.layers.0.mlp.experts.down_proj").Deltas[0]; d.Transposed != inOut {
+			t.Errorf("%s: down_proj read in-out %v, want %v", v, d.Transposed, inOut)
+		}
+	}
+	p := mergeplan.Build(input(t, m, expertsAdapter("0.18.2.dev0", 8, 8), mergeplan.Options{}))
+	expectProblem(t, p, "model.layers.0.mlp.experts.down_proj is (E=4, 8, 8), square", `"0.18.2.dev0"`)
+}
+
+func TestExpertConfig(t *testing.T) {
+	c, err := mergeplan.ParseAdapterConfig([]byte(`{"peft_type": "LORA", "target_parameters": ["mlp.experts.down_proj"],
+		"peft_version": "0.19.1", "lora_B_layout": "grouped_by_expert"}`))
+	if err != nil || c.PeftVersion != "0.19.1" || c.LoRABLayout != mergeplan.GroupedByExpert || len(c.Unknown) != 0 {
+		t.Errorf("%+v, %v", c, err)
+	}
+}
