@@ -221,3 +221,59 @@ func TestExpertsInterleaved(t *testing.T) {
 		return refDelta{d.s, d.rank, d.l, func(k, j int) float64 { return d.r(k, j^1) }}
 	})
 }
+
+// TestExpertsGroupedB reads lora_B as Unsloth packed it before its lora_B_layout marker
+// (grouped_by_expert): the same adapter read with PEFT's packing would differ.
+func TestExpertsGroupedB(t *testing.T) {
+	m := fixture.MoE(fixture.MoESpec{Hidden: moeHidden, Intermediate: moeInter, Experts: moeExperts, Layers: 1, Vocab: 64,
+		Layout: fixture.Fused, DType: safetensors.BF16, Seed: 7})
+	a, refs := gateUpDown(1, "0.19.1", false, moeHidden, moeInter, safetensors.F32, 8)
+	a.Config["lora_B_layout"] = "grouped_by_expert"
+	res := run(t, m, a, mergeplan.Options{})
+	p := "model.layers.0.mlp.experts."
+	got, W := res.tensor(t, p+"gate_up_proj").Values, m.Tensor(p+"gate_up_proj").Values
+	grouped := refs[0][0]
+	grouped.grouped = true
+	var tl, asPEFT tally
+	checkFused(&tl, safetensors.BF16, got, W, moeExperts, 2*moeInter, moeHidden, grouped)
+	tl.assert(t, "grouped lora_B", safetensors.BF16, false)
+	checkFused(&asPEFT, safetensors.BF16, got, W, moeExperts, 2*moeInter, moeHidden, refs[0][0])
+	if !fails(&asPEFT, safetensors.BF16) {
+		t.Error("the grouped and the rank-major readings agree: the test cannot tell them apart")
+	}
+}
+
+// TestExpertsLinearLoRA merges a LoRA on per-expert Linear modules, as adapters trained
+// under Transformers 4.x have it, and one on attention only: every expert tensor the
+// adapter does not name is copied byte for byte.
+func TestExpertsLinearLoRA(t *testing.T) {
+	m := fixture.MoE(fixture.MoESpec{Hidden: moeHidden, Intermediate: moeInter, Experts: moeExperts, Layers: 2, Vocab: 64,
+		Layout: fixture.PerExpert, DType: safetensors.BF16, Seed: 9})
+	m.Split(2)
+	for _, c := range []struct {
+		name    string
+		targets []string
+	}{
+		{"experts", []string{"model.layers.0.mlp.experts.1.gate_proj", "model.layers.1.mlp.experts.3.down_proj"}},
+		{"attention", []string{"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a := fixture.NewAdapter(8, 16, "gate_proj", "down_proj", "q_proj", "v_proj")
+			rnd := fixture.NewRand(10)
+			for _, mod := range c.targets {
+				w := m.Tensor(mod + ".weight")
+				a.Linear(mod, w.Shape[0], w.Shape[1], 8, safetensors.BF16, rnd)
+			}
+			res := run(t, m, a, mergeplan.Options{})
+			var tl tally
+			for _, mod := range c.targets {
+				w := m.Tensor(mod + ".weight")
+				A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+				checkTensor(&tl, safetensors.BF16, res.tensor(t, mod+".weight").Values, w.Values, int(w.Shape[0]), int(w.Shape[1]),
+					[]refDelta{linearDelta(2, 8, A, B)})
+			}
+			tl.assert(t, c.name, safetensors.BF16, false)
+			sameBytes(t, res, m, untouched(m, c.targets...)...)
+		})
+	}
+}
