@@ -1,6 +1,7 @@
 package mergeplan_test
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -172,3 +173,36 @@ func TestExpertConfig(t *testing.T) {
 		t.Errorf("%+v, %v", c, err)
 	}
 }
+
+// TestV5Config: a Transformers v5 config names its dtype as dtype only; a merge that
+// changes the dtype writes both dtype and torch_dtype, for readers of either version,
+// and the index's metadata.total_parameters stays right.
+func TestV5Config(t *testing.T) {
+	m := moe(fixture.Fused, false)
+	m.Split(2)
+	in := input(t, m, expertsAdapter("0.19.1", 24, 8), mergeplan.Options{DType: mergeplan.ToF32})
+	in.Index = []byte(strings.Replace(string(in.Index), `"total_size":1`, `"total_size":1,"total_parameters":7`, 1))
+	p := mergeplan.Build(in)
+	if !p.OK() {
+		t.Fatal(p.Problems)
+	}
+	var params int64
+	for _, x := range m.Tensors {
+		params += x.Elements()
+	}
+	for _, want := range []string{`"dtype": "float32"`, `"torch_dtype": "float32"`} {
+		if !strings.Contains(string(p.Config), want) {
+			t.Errorf("config.json lacks %s: %s", want, p.Config)
+		}
+	}
+	if !strings.Contains(string(p.Index), `"total_parameters": `+itoa(params)) {
+		t.Errorf("index: %s, want total_parameters %d", p.Index[:200], params)
+	}
+	// Keeping the dtype leaves the config alone.
+	p = mergeplan.Build(input(t, m, expertsAdapter("0.19.1", 24, 8), mergeplan.Options{}))
+	if p.Config != nil {
+		t.Errorf("config.json changes: %s", p.Config)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
