@@ -2,7 +2,6 @@ package merge
 
 import (
 	"fmt"
-	"io"
 	"slices"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
@@ -78,41 +77,67 @@ func segments(t *mergeplan.Tensor) ([]segment, error) {
 	return out, nil
 }
 
+// packKey names a packed lora_B in the adapter file.
+type packKey struct {
+	file string
+	off  int64
+}
+
+// expertMajor reads a ParamWrapper's lora_B (out, r·E) once for all its experts and
+// lays it out expert by expert: expert e's (out, r) matrix B_e, row-major, at
+// e·out·r. Every expert of a tensor needs the whole of lora_B's rows to pick its
+// columns from, so reading it for each would read it E times.
+func (m *tensor) expertMajor(d *mergeplan.Delta) ([]float64, error) {
+	return m.packed.get(packKey{d.B.File, d.B.Offset}, func() ([]float64, int64, error) {
+		b, err := decodeRef(m.in, d.B)
+		if err != nil {
+			return nil, 0, err
+		}
+		x, r := d.Expert, d.Rank
+		E, out, width := x.Count, int(d.B.Rows()), int(d.B.Cols())
+		if width != r*E {
+			return nil, 0, fmt.Errorf("merge: %s: lora_B %v is not (out, %d·%d)", d.Module, d.B.Shape, r, E)
+		}
+		p := make([]float64, len(b))
+		for e := 0; e < E; e++ {
+			for o := 0; o < out; o++ {
+				for k := 0; k < r; k++ {
+					col := k*E + e
+					if x.GroupedB {
+						col = e*r + k
+					}
+					p[(e*out+o)*r+k] = b[o*width+col]
+				}
+			}
+		}
+		return p, int64(len(p)) * 8, nil
+	})
+}
+
 // expertFactors reads expert e's factors out of a ParamWrapper's packed matrices:
 // A_e, rows [e·r, (e+1)·r) of lora_A, as an (r, in) matrix; and B_e, the columns of
 // lora_B that PEFT's reshape(out, r, E) gives expert e (or Unsloth's grouped packing),
 // as an (n, r) matrix of lora_B's rows [b0, b0+n), the only ones the tensor needs.
-func expertFactors(in map[string]io.ReaderAt, d *mergeplan.Delta, b0, n int64) (a, b []float64, err error) {
+func (m *tensor) expertFactors(d *mergeplan.Delta, b0, n int64) (a, b []float64, err error) {
 	x, r := d.Expert, int64(d.Rank)
 	E := int64(x.Count)
-	inA, width := d.A.Cols(), d.B.Cols()
-	if d.A.Rows() != r*E || width != r*E || x.Index < 0 || int64(x.Index) >= E || b0 < 0 || b0+n > d.B.Rows() {
+	inA, out := d.A.Cols(), d.B.Rows()
+	if d.A.Rows() != r*E || d.B.Cols() != r*E || x.Index < 0 || int64(x.Index) >= E || b0 < 0 || b0+n > out {
 		return nil, nil, fmt.Errorf("merge: %s: expert %d of %d at rank %d does not fit lora_A %v and lora_B %v", d.Module, x.Index, E, r, d.A.Shape, d.B.Shape)
 	}
-	asz, bsz := int64(size(d.A.DType)), int64(size(d.B.DType))
+	asz := int64(size(d.A.DType))
 	raw := make([]byte, r*inA*asz)
-	if err := readRef(in, d.A, int64(x.Index)*r*inA*asz, raw); err != nil {
+	if err := readRef(m.in, d.A, int64(x.Index)*r*inA*asz, raw); err != nil {
 		return nil, nil, err
 	}
 	a = make([]float64, r*inA)
 	decoderFor(d.A.DType)(a, raw)
-	raw = make([]byte, n*width*bsz)
-	if err := readRef(in, d.B, b0*width*bsz, raw); err != nil {
+	p, err := m.expertMajor(d)
+	if err != nil {
 		return nil, nil, err
 	}
-	rowsB := make([]float64, n*width)
-	decoderFor(d.B.DType)(rowsB, raw)
-	b = make([]float64, n*r)
-	for o := int64(0); o < n; o++ {
-		for k := int64(0); k < r; k++ {
-			col := k*E + int64(x.Index)
-			if x.GroupedB {
-				col = int64(x.Index)*r + k
-			}
-			b[o*r+k] = rowsB[o*width+col]
-		}
-	}
-	return a, b, nil
+	e := int64(x.Index)
+	return a, p[(e*out+b0)*r : (e*out+b0+n)*r], nil
 }
 
 // expertLR lays an expert delta out as L (rows, r) and R (r, cols) for rows [Lo, Hi)
@@ -120,13 +145,13 @@ func expertFactors(in map[string]io.ReaderAt, d *mergeplan.Delta, b0, n int64) (
 func (m *tensor) expertLR(d *mergeplan.Delta) (L, R []float64, err error) {
 	x, r := d.Expert, d.Rank
 	if !d.Transposed {
-		a, b, err := expertFactors(m.in, d, x.Lo, x.Hi-x.Lo)
+		a, b, err := m.expertFactors(d, x.Lo, x.Hi-x.Lo)
 		if err != nil {
 			return nil, nil, err
 		}
 		return b, a, nil
 	}
-	a, b, err := expertFactors(m.in, d, 0, d.B.Rows())
+	a, b, err := m.expertFactors(d, 0, d.B.Rows())
 	if err != nil {
 		return nil, nil, err
 	}

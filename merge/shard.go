@@ -108,6 +108,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 		blocks: newLRU[blockKey, []byte](opts.CacheBytes),
 	}
 	factors := newLRU[factorKey, *factors](factorBytes)
+	packed := newLRU[packKey, []float64](factorBytes)
 	kern, err := kernelFor(opts.Kernel)
 	if err != nil {
 		return nil, err
@@ -126,6 +127,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			if err != nil {
 				return nil, err
 			}
+			m.packed = packed
 			sh.tensors = append(sh.tensors, m)
 		}
 	}

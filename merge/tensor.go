@@ -19,6 +19,7 @@ type tensor struct {
 	out        *format
 	patch      map[int64]patch // output row → trained row
 	factors    *lru[factorKey, *factors]
+	packed     *lru[packKey, []float64] // expert lora_B matrices, expert by expert
 	kern       kernel
 	fused      bool                      // one low-rank delta and nothing else: fusedBlock
 	colScale   func() ([]float64, error) // DoRA per-column factors, computed once
