@@ -309,3 +309,80 @@ func BenchmarkExperts(b *testing.B) {
 		}
 	}
 }
+
+// TestExpertsLinearIntoFused merges LoRA on per-expert Linear modules into checkpoints
+// that store the experts fused: a Transformers 4.x training (experts.{e}.gate_proj,
+// up_proj, down_proj) into a v5-saved Qwen-MoE, and Unsloth's gpt-oss modules
+// (experts.gate_up_projs.{e}, down_projs.{e}) into gpt-oss's (E, in, out) experts.
+func TestExpertsLinearIntoFused(t *testing.T) {
+	const r = 4
+	t.Run("qwen", func(t *testing.T) {
+		m := fixture.MoE(fixture.MoESpec{Hidden: moeHidden, Intermediate: moeInter, Experts: moeExperts, Layers: 1, Vocab: 64,
+			Layout: fixture.Fused, DType: safetensors.BF16, Seed: 11})
+		a := fixture.NewAdapter(r, 8, "gate_proj", "up_proj", "down_proj")
+		rnd := fixture.NewRand(12)
+		p := "model.layers.0.mlp.experts."
+		a.Linear(p+"2.gate_proj", moeInter, moeHidden, r, safetensors.F32, rnd)
+		a.Linear(p+"2.up_proj", moeInter, moeHidden, r, safetensors.F32, rnd)
+		a.Linear(p+"1.down_proj", moeHidden, moeInter, r, safetensors.F32, rnd)
+		res := run(t, m, a, mergeplan.Options{})
+		lin := func(mod string) refDelta {
+			return linearDelta(2, r, a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight")))
+		}
+		var tl tally
+		gu, W := res.tensor(t, p+"gate_up_proj").Values, m.Tensor(p+"gate_up_proj").Values
+		ex := slice(gu, 2, 2*moeInter, moeHidden)
+		w := slice(W, 2, 2*moeInter, moeHidden)
+		checkTensor(&tl, safetensors.BF16, ex[:moeInter*moeHidden], w[:moeInter*moeHidden], moeInter, moeHidden, []refDelta{lin(p + "2.gate_proj")})
+		checkTensor(&tl, safetensors.BF16, ex[moeInter*moeHidden:], w[moeInter*moeHidden:], moeInter, moeHidden, []refDelta{lin(p + "2.up_proj")})
+		dn, Wd := res.tensor(t, p+"down_proj").Values, m.Tensor(p+"down_proj").Values
+		checkTensor(&tl, safetensors.BF16, slice(dn, 1, moeHidden, moeInter), slice(Wd, 1, moeHidden, moeInter), moeHidden, moeInter, []refDelta{lin(p + "1.down_proj")})
+		tl.assert(t, "4.x LoRA into fused experts", safetensors.BF16, false)
+		for _, e := range []int{0, 1, 3} {
+			if !equal(slice(gu, e, 2*moeInter, moeHidden), slice(W, e, 2*moeInter, moeHidden)) {
+				t.Errorf("gate_up_proj of expert %d changed", e)
+			}
+		}
+		for _, e := range []int{0, 2, 3} {
+			if !equal(slice(dn, e, moeHidden, moeInter), slice(Wd, e, moeHidden, moeInter)) {
+				t.Errorf("down_proj of expert %d changed", e)
+			}
+		}
+	})
+	t.Run("gpt-oss", func(t *testing.T) {
+		const h, i = 32, 24
+		m := fixture.MoE(fixture.MoESpec{Hidden: h, Intermediate: i, Experts: moeExperts, Layers: 1, Vocab: 64,
+			Layout: fixture.Interleaved, DType: safetensors.BF16, Seed: 13})
+		a := fixture.NewAdapter(r, 8, "gate_up_projs", "down_projs")
+		rnd := fixture.NewRand(14)
+		p := "model.layers.0.mlp.experts."
+		a.Linear(p+"gate_up_projs.1", 2*i, h, r, safetensors.F32, rnd) // a Linear (2I, H)
+		a.Linear(p+"down_projs.3", h, i, r, safetensors.F32, rnd)      // a Linear (H, I)
+		res := run(t, m, a, mergeplan.Options{})
+		tr := func(mod string) refDelta {
+			return transposedDelta(2, r, a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight")))
+		}
+		var tl tally
+		gu, W := res.tensor(t, p+"gate_up_proj").Values, m.Tensor(p+"gate_up_proj").Values
+		checkTensor(&tl, safetensors.BF16, slice(gu, 1, h, 2*i), slice(W, 1, h, 2*i), h, 2*i, []refDelta{tr(p + "gate_up_projs.1")})
+		dn, Wd := res.tensor(t, p+"down_proj").Values, m.Tensor(p+"down_proj").Values
+		checkTensor(&tl, safetensors.BF16, slice(dn, 3, i, h), slice(Wd, 3, i, h), i, h, []refDelta{tr(p + "down_projs.3")})
+		tl.assert(t, "Unsloth's gpt-oss LoRA into fused experts", safetensors.BF16, false)
+		if !equal(slice(gu, 0, h, 2*i), slice(W, 0, h, 2*i)) || !equal(slice(dn, 2, i, h), slice(Wd, 2, i, h)) {
+			t.Error("an expert the adapter does not name changed")
+		}
+		sameBytes(t, res, m, p+"gate_up_proj_bias", p+"down_proj_bias")
+	})
+}
+
+func equal(x, y []float64) bool {
+	if len(x) != len(y) {
+		return false
+	}
+	for k := range x {
+		if x[k] != y[k] {
+			return false
+		}
+	}
+	return true
+}

@@ -400,3 +400,101 @@ func versionAtLeast(v string, x, y, z int) bool {
 	c := slices.Compare(n[:], []int{x, y, z})
 	return ok && (c > 0 || (c == 0 && !dev))
 }
+
+// fusedLinear plans a LoRA on one expert's Linear module that the checkpoint stores
+// fused: a Transformers 4.x training's experts.{e}.gate_proj (Mixtral's w1, w3, w2)
+// against a v5-saved experts.gate_up_proj (E, 2I, H), whose rows [e·2I, e·2I + I) are
+// the gate's and [e·2I + I, (e+1)·2I) the up projection's; or Unsloth's gpt-oss
+// experts.gate_up_projs.{e} (a Linear (2I, H)) against gpt-oss's experts.gate_up_proj
+// (E, H, 2I), whose expert e is that Linear's weight transposed. It reports whether the
+// module is one of these; problems with it are recorded.
+func (b *builder) fusedLinear(m *module, ka adapterKey, A, B Ref, r int, alpha, scale float64) bool {
+	segs := strings.Split(m.name, ".")
+	j := slices.Index(segs, "experts")
+	if j < 0 || j+3 != len(segs) {
+		return false
+	}
+	prefix := strings.Join(segs[:j+1], ".")
+	parts := map[string][2]int{"gate_proj": {0, 2}, "up_proj": {1, 2}, "w1": {0, 2}, "w3": {1, 2}, "down_proj": {0, 1}, "w2": {0, 1}}
+	var param, proj string
+	var e int
+	var err error
+	transposed := false
+	if e, err = strconv.Atoi(segs[j+1]); err == nil {
+		proj = segs[j+2]
+		if _, ok := parts[proj]; !ok {
+			return false
+		}
+		param = map[bool]string{true: "gate_up_proj", false: "down_proj"}[parts[proj][1] == 2]
+	} else if e, err = strconv.Atoi(segs[j+2]); err == nil && (segs[j+1] == "gate_up_projs" || segs[j+1] == "down_projs") {
+		param, proj, transposed = strings.TrimSuffix(segs[j+1], "s"), segs[j+1], true
+	} else {
+		return false
+	}
+	prefixes := []string{prefix}
+	if p, ok := strings.CutSuffix(prefix, ".block_sparse_moe.experts"); ok {
+		prefixes = append(prefixes, p+".mlp.experts")
+	}
+	var t *Tensor
+	for _, pre := range prefixes {
+		if found, _, _ := b.base.resolve(pre + "." + param); found != "" {
+			t = b.out(found)
+			break
+		}
+	}
+	if t == nil {
+		return false
+	}
+	subject := AdapterFile + ": " + m.name
+	if len(t.Shape) != 3 || e < 0 || int64(e) >= t.Shape[0] {
+		b.problem(subject, "is expert %d's %s, but %s in the base is %s", e, proj, t.Name, shapeString(t.Shape))
+		return true
+	}
+	if !t.Source.DType.Float() {
+		b.problem(t.Name, "is %s: hfmerge merges into BF16, F16 and F32 weights; use the unquantized base model", t.Source.DType)
+		return true
+	}
+	for _, k := range []keyKind{kindMagnitude, kindBBias} {
+		if mk, ok := m.keys[k]; ok {
+			b.problem(AdapterFile+": "+mk.Key, "is a %s on an expert the base stores fused (%s); hfmerge does not merge that", k, t.Name)
+			return true
+		}
+	}
+	d1, d2 := t.Shape[1], t.Shape[2]
+	x := &Expert{Index: 0, Count: 1}
+	var what string
+	if transposed {
+		// The Linear's weight (out, in) is expert e's slice (in, out) transposed.
+		if B.Shape[0] != d2 || A.Shape[1] != d1 {
+			b.problem(subject, "lora_A %s and lora_B %s give a delta of (%d, %d), but expert %d of %s %s is (%d, %d) transposed",
+				shapeString(A.Shape), shapeString(B.Shape), B.Shape[0], A.Shape[1], e, t.Name, shapeString(t.Shape), d2, d1)
+			return true
+		}
+		x.Hi, x.Row = d1, int64(e)*d1
+		what = fmt.Sprintf("expert %d, transposed", e)
+	} else {
+		if b.isTransposedArch() {
+			b.problem(subject, "is expert %d's %s, but %s of this architecture is stored (E, in, out); hfmerge does not know how the per-expert module maps to it", e, proj, t.Name)
+			return true
+		}
+		part := parts[proj]
+		n := d1 / int64(part[1])
+		if d1%int64(part[1]) != 0 || B.Shape[0] != n || A.Shape[1] != d2 {
+			b.problem(subject, "lora_A %s and lora_B %s give a delta of (%d, %d), but %s of expert %d in %s %s has (%d, %d)",
+				shapeString(A.Shape), shapeString(B.Shape), B.Shape[0], A.Shape[1], proj, e, t.Name, shapeString(t.Shape), n, d2)
+			return true
+		}
+		x.Hi, x.Row = n, int64(e)*d1+int64(part[0])*n
+		what = fmt.Sprintf("expert %d's %s rows %d–%d", e, proj, int64(part[0])*n, int64(part[0]+1)*n)
+	}
+	t.Deltas = append(t.Deltas, Delta{Module: m.name, A: A, B: B, Rank: r, Scale: scale, Transposed: transposed, Expert: x})
+	t.Reason = "merged, with per-expert LoRA"
+	b.module(Module{Name: m.name, Target: t.Name, Kind: "linear-expert", Rank: r, Alpha: alpha, Scale: scale,
+		Keys: []string{ka.Key, m.keys[kindB].Key}, Layout: what, Tensors: []string{t.Name},
+		Note: fmt.Sprintf("the base stores the experts fused in %s", t.Name)}, ka.Key)
+	return true
+}
+
+func (b *builder) isTransposedArch() bool {
+	return slices.ContainsFunc(b.modelTypes(), func(t string) bool { return slices.Contains(transposedTypes, t) })
+}

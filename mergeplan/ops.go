@@ -305,6 +305,9 @@ func (b *builder) lora(m *module) {
 		return
 	}
 	t := b.target(m.name+".weight", m.name, ka.Key)
+	if t == nil && !embedding && !b.failed(ka.Key) && b.fusedLinear(m, ka, A, B, r, alpha, scale) {
+		return
+	}
 	if t == nil {
 		if !b.failed(ka.Key) {
 			b.problem(subject, "is not in the base model: no tensor %s.weight (the adapter may be for another model)", m.name)
