@@ -288,7 +288,7 @@ func (b *builder) experts(m *module, params []string) {
 		}
 	} else {
 		lo := int64(0)
-		for j, ts := range s.parts {
+		for _, ts := range s.parts {
 			hi := lo + ts[0].Shape[0]
 			for e, t := range ts {
 				d := base(e)
@@ -298,7 +298,6 @@ func (b *builder) experts(m *module, params []string) {
 				mod.Tensors = append(mod.Tensors, t.Name)
 			}
 			lo = hi
-			_ = j
 		}
 		mod.Target, mod.Layout = strings.Join(s.names, ", "), layout+", per-expert"
 	}
