@@ -206,3 +206,34 @@ func TestV5Config(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestExpertVLMPrefix: a v5 VLM class names its language model model.language_model.*,
+// while Kimi-K2.5-style checkpoints store language_model.model.*; expert parameters are
+// found through the same renames, fused or per expert, and the plan says so.
+func TestExpertVLMPrefix(t *testing.T) {
+	for _, layout := range []fixture.ExpertLayout{fixture.Fused, fixture.PerExpert} {
+		m := moe(layout, false)
+		for _, x := range m.Tensors {
+			x.Name = strings.Replace(x.Name, "model.", "language_model.model.", 1)
+		}
+		a := fixture.NewExpertAdapter(2, 4, "0.19.1", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+		r := fixture.NewRand(2)
+		mod := "model.language_model.layers.0.mlp.experts"
+		a.Experts(mod, 1, 4, 2, 24, 16, safetensors.F32, r)
+		a.Experts(mod, 0, 4, 2, 8, 24, safetensors.F32, r)
+		p := mergeplan.Build(input(t, m, a, mergeplan.Options{}))
+		if !p.OK() {
+			t.Fatal(p.Problems)
+		}
+		want, n := "language_model.model.layers.0.mlp.experts.gate_up_proj", 4 // one delta per expert
+		if layout == fixture.PerExpert {
+			want, n = "language_model.model.layers.0.mlp.experts.3.up_proj.weight", 1
+		}
+		if len(target(t, p, want).Deltas) != n {
+			t.Errorf("%s: deltas %+v", want, target(t, p, want).Deltas)
+		}
+		if gu := module(t, p, "gate_up_proj"); layout == fixture.Fused && !strings.Contains(gu.Note, "renamed") {
+			t.Errorf("the rename is not reported: %+v", gu)
+		}
+	}
+}
