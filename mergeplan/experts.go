@@ -273,7 +273,10 @@ func (b *builder) experts(m *module, params []string) {
 	layout := map[bool]string{false: "out-in", true: "in-out"}[inOut]
 	mod := Module{Name: m.name, Kind: "expert", Rank: r, Alpha: alpha, Scale: scale, Param: param,
 		Keys: []string{ka.Key, kb.Key}, Experts: s.count, Note: strings.Trim(note+"; "+how, "; ")}
-	from := fmt.Sprintf("%s and %s", ka.Key, kb.Key)
+	from := ka.Key
+	if a, ok := strings.CutSuffix(ka.Key, "lora_A.weight"); ok && kb.Key == a+"lora_B.weight" {
+		from = a + "lora_{A,B}.weight"
+	}
 	if s.fused != nil {
 		t := s.fused
 		for e := 0; e < s.count; e++ {
