@@ -237,3 +237,27 @@ func TestExpertVLMPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestExpertConvertedAdapter: PEFT 0.19 and later convert a 4.x per-expert adapter when
+// they load it into a v5 model (transformers_weight_conversion.py): gate and up become
+// one gate_up_proj target of twice the rank, with rank_pattern and alpha_pattern
+// entries ".*\.gate_up_proj" keeping alpha/r. Saved that way, it plans with the
+// pattern's rank for gate_up_proj and the config's for down_proj.
+func TestExpertConvertedAdapter(t *testing.T) {
+	a := fixture.NewExpertAdapter(2, 4, "0.19.1", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+	a.Config["rank_pattern"] = map[string]any{`.*\.gate_up_proj`: 4}
+	a.Config["alpha_pattern"] = map[string]any{`.*\.gate_up_proj`: 8}
+	r := fixture.NewRand(2)
+	a.Experts(fixture.ExpertsModule(0), 1, 4, 4, 24, 16, safetensors.F32, r)
+	a.Experts(fixture.ExpertsModule(0), 0, 4, 2, 8, 24, safetensors.F32, r)
+	p := mergeplan.Build(input(t, moe(fixture.PerExpert, false), a, mergeplan.Options{}))
+	if !p.OK() {
+		t.Fatal(p.Problems)
+	}
+	if gu, dn := module(t, p, "gate_up_proj"), module(t, p, "down_proj"); gu.Rank != 4 || gu.Scale != 2 || dn.Rank != 2 || dn.Scale != 2 {
+		t.Errorf("gate_up_proj r=%d s=%g, down_proj r=%d s=%g", gu.Rank, gu.Scale, dn.Rank, dn.Scale)
+	}
+	if len(p.Warnings) != 0 {
+		t.Errorf("warnings: %v", p.Warnings)
+	}
+}
