@@ -209,6 +209,16 @@ func (b *builder) experts(m *module, params []string) {
 		b.problem(subject, "lora_A %s %s and lora_B %s %s must be float matrices", shapeString(A.Shape), A.DType, shapeString(B.Shape), B.DType)
 		return
 	}
+	// PEFT wraps only the parameters the module has: those the base holds.
+	var present []string
+	for _, p := range params {
+		if s, err := b.site(m.name, p); err == nil && s != nil {
+			present = append(present, p)
+		}
+	}
+	if len(present) > 0 {
+		params = present
+	}
 	i := len(params) - 1 - m.depth
 	if i < 0 {
 		b.problem(AdapterFile+": "+ka.Key, "is nested %d deep under base_layer, but target_parameters names only %d parameter(s) of %s (%s)",

@@ -261,3 +261,19 @@ func TestExpertConvertedAdapter(t *testing.T) {
 		t.Errorf("warnings: %v", p.Warnings)
 	}
 }
+
+// TestExpertMissingParam: target_parameters may name a parameter this model's experts do
+// not have; PEFT wraps only the ones they have, so the keys nest one level less.
+func TestExpertMissingParam(t *testing.T) {
+	a := fixture.NewExpertAdapter(2, 4, "0.19.1", "mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.experts.up_proj")
+	r := fixture.NewRand(2)
+	a.Experts(fixture.ExpertsModule(0), 1, 4, 2, 24, 16, safetensors.F32, r)
+	a.Experts(fixture.ExpertsModule(0), 0, 4, 2, 8, 24, safetensors.F32, r)
+	p := mergeplan.Build(input(t, moe(fixture.Fused, false), a, mergeplan.Options{}))
+	if !p.OK() {
+		t.Fatal(p.Problems)
+	}
+	if gu := module(t, p, "gate_up_proj"); !strings.Contains(gu.Keys[0], "base_layer") || gu.Note != "" {
+		t.Errorf("gate_up_proj: %+v", gu)
+	}
+}
