@@ -209,10 +209,13 @@ func (b *builder) experts(m *module, params []string) {
 		b.problem(subject, "lora_A %s %s and lora_B %s %s must be float matrices", shapeString(A.Shape), A.DType, shapeString(B.Shape), B.DType)
 		return
 	}
-	// PEFT wraps only the parameters the module has: those the base holds.
+	// Where each targeted parameter is in the base; PEFT wraps only the parameters the
+	// module has, so those the base lacks do not count in the nesting.
+	sites := map[string]*expertSite{}
+	errs := map[string]error{}
 	var present []string
 	for _, p := range params {
-		if s, err := b.site(m.name, p); err == nil && s != nil {
+		if sites[p], errs[p] = b.site(m.name, p); errs[p] == nil {
 			present = append(present, p)
 		}
 	}
@@ -226,13 +229,8 @@ func (b *builder) experts(m *module, params []string) {
 		return
 	}
 	// PEFT's nesting order says which parameter this is; the shapes must agree.
-	sites := map[string]*expertSite{}
 	fits := func(p string) bool {
-		s, ok := sites[p]
-		if !ok {
-			s, _ = b.site(m.name, p)
-			sites[p] = s
-		}
+		s := sites[p]
 		return s != nil && s.count > 0 && A.Shape[0]%int64(s.count) == 0 &&
 			((B.Shape[0] == s.d1 && A.Shape[1] == s.d2) || (A.Shape[1] == s.d1 && B.Shape[0] == s.d2))
 	}
@@ -250,8 +248,8 @@ func (b *builder) experts(m *module, params []string) {
 			param = others[0]
 		}
 	}
-	s, err := b.site(m.name, param)
-	if err != nil {
+	s := sites[param]
+	if err := errs[param]; err != nil {
 		b.problem(subject, "targets %s.%s, which %v", m.name, param, err)
 		return
 	}
