@@ -269,10 +269,22 @@ func (b *builder) experts(m *module, params []string) {
 			A.Shape[0], E, A.Shape[0]/E, AdapterConfigFile, r, m.name, param)
 		return
 	}
-	inOut, how, ok := b.expertReading(ka.Key, m.name+"."+param, s, A, B)
-	if !ok {
-		return
+	emit := func(inOut bool, how string) {
+		b.emitExperts(m, param, ka, kb, A, B, s, r, alpha, scale, note, inOut, how)
 	}
+	inOut, decided, ok := b.shapeReading(ka.Key, m.name+"."+param, s, A, B)
+	switch {
+	case !ok:
+	case decided:
+		emit(inOut, "")
+	default:
+		// Square: decided once every module is seen (resolveSquare).
+		b.square = append(b.square, squareExpert{key: ka.Key, param: m.name + "." + param, s: s, A: A, B: B, emit: emit})
+	}
+}
+
+// emitExperts adds the deltas of one ParamWrapper, read (E, in, out) when inOut.
+func (b *builder) emitExperts(m *module, param string, ka, kb adapterKey, A, B Ref, s *expertSite, r int, alpha, scale float64, note string, inOut bool, how string) {
 	grouped := b.cfg.LoRABLayout == GroupedByExpert
 	base := func(e int) Delta {
 		return Delta{Module: m.name, A: A, B: B, Rank: r, Scale: scale, Transposed: inOut,
@@ -315,54 +327,78 @@ func (b *builder) experts(m *module, params []string) {
 	b.p.Modules = append(b.p.Modules, mod)
 }
 
-// expertReading decides whether PEFT read the parameter (E, d1, d2) as (E, out, in) or
-// as (E, in, out) when it built the adapter. The shapes decide unless d1 = d2; then
-// the option, else what the adapter's PEFT version did with this architecture, else
-// the plan refuses and names both readings.
-func (b *builder) expertReading(key, param string, s *expertSite, A, B Ref) (inOut bool, how string, ok bool) {
+// squareExpert is a ParamWrapper whose parameter is square, so that its shapes fit
+// both readings; emit adds its deltas once the reading is decided.
+type squareExpert struct {
+	key, param string
+	s          *expertSite
+	A, B       Ref
+	emit       func(inOut bool, how string)
+}
+
+// shapeReading decides from the shapes whether PEFT read the parameter (E, d1, d2) as
+// (E, out, in) or (E, in, out): (E, out, in) needs lora_B with d1 rows and lora_A with
+// d2 columns, (E, in, out) the other way round. decided is false when both fit
+// (d1 = d2); ok is false, with a problem recorded, when neither does. A decided
+// reading of gate_up_proj or down_proj is evidence for the square ones (resolveSquare).
+func (b *builder) shapeReading(key, param string, s *expertSite, A, B Ref) (inOut, decided, ok bool) {
 	outIn := B.Shape[0] == s.d1 && A.Shape[1] == s.d2
 	inOutFits := A.Shape[1] == s.d1 && B.Shape[0] == s.d2
-	switch {
-	case outIn && !inOutFits:
-		return false, "", true
-	case inOutFits && !outIn:
-		return true, "", true
-	case !outIn && !inOutFits:
+	if !outIn && !inOutFits {
 		b.problem(AdapterFile+": "+key, "lora_A %s and lora_B %s fit neither reading of %s (E=%d, %d, %d): (E, out, in) needs lora_B with %d rows and lora_A with %d columns, (E, in, out) the other way round",
 			shapeString(A.Shape), shapeString(B.Shape), param, s.count, s.d1, s.d2, s.d1, s.d2)
-		return false, "", false
+		return false, false, false
 	}
-	switch b.in.Options.Experts {
-	case ExpertOutIn:
-		return false, "square: read (E, out, in) as the option says", true
-	case ExpertInOut:
-		return true, "square: read (E, in, out) as the option says", true
-	}
-	v := b.cfg.PeftVersion
-	switch {
-	case s.known && s.transposed:
-		// PEFT ≤ 0.18.1 read every 3-D parameter (E, in, out); from 0.18.2.dev0 (commit
-		// 5356277) to 0.19.0 it swapped in and out for is_transposed classes, the bug
-		// #3165 fixed in 0.19.1.dev0; later versions read them (E, in, out) again.
-		if v == "" || versionBefore(v, 0, 18, 2) || versionAtLeast(v, 0, 19, 1) {
-			return true, fmt.Sprintf("square: read (E, in, out), as PEFT %s does for this architecture", orAbsent(v)), true
+	if outIn != inOutFits && slices.Contains([]string{"gate_up_proj", "down_proj"}, s.param) {
+		if b.evidence == nil {
+			b.evidence = map[bool]string{}
 		}
-		if v == "0.19.0" {
-			return false, "square: read (E, out, in), as PEFT 0.19.0 did for is_transposed experts", true
-		}
-	case s.known:
-		// PEFT 0.19.1 and later read Transformers v5's (E, out, in) experts as such.
-		// Before, PEFT read (E, in, out) unless Transformers' own patch
-		// (patch_moe_parameter_targeting) swapped them, which the adapter does not record.
-		if versionAtLeast(v, 0, 19, 1) {
-			return false, fmt.Sprintf("square: read (E, out, in), as PEFT %s does for Transformers v5 experts", v), true
+		if _, seen := b.evidence[inOutFits]; !seen {
+			b.evidence[inOutFits] = param
 		}
 	}
-	b.problem(AdapterFile+": "+key, "%s is (E=%d, %d, %d), square, so lora_A %s and lora_B %s fit both readings: (E, out, in), where expert e's delta is B_e·A_e "+
-		"(PEFT 0.19.1 and later, on Transformers v5's experts), and (E, in, out), where it is (B_e·A_e)ᵀ (PEFT 0.18 and earlier, or is_transposed experts such as gpt-oss's); "+
-		"peft_version %s does not settle it for this model; choose a reading with the expert layout option (out-in or in-out)",
-		param, s.count, s.d1, s.d2, shapeString(A.Shape), shapeString(B.Shape), orAbsent(v))
-	return false, "", false
+	return inOutFits, outIn != inOutFits, true
+}
+
+// resolveSquare decides the reading of the square expert parameters, in this order:
+// the option; the reading the shapes gave the adapter's other gate_up_proj or
+// down_proj parameters, which PEFT and Transformers' patch (patch_moe_parameter_targeting)
+// treat alike in every version; PEFT 0.19.1 and later for Transformers v5's
+// (E, out, in) experts, which read (E, out, in) with or without the patch. Otherwise
+// the plan refuses and names both readings.
+func (b *builder) resolveSquare() {
+	for _, q := range b.square {
+		switch b.in.Options.Experts {
+		case ExpertOutIn:
+			q.emit(false, "square: read (E, out, in) as the option says")
+			continue
+		case ExpertInOut:
+			q.emit(true, "square: read (E, in, out) as the option says")
+			continue
+		}
+		outIn, inOut := b.evidence[false], b.evidence[true]
+		switch {
+		case outIn != "" && inOut == "":
+			q.emit(false, "square: read (E, out, in), as the shapes of "+outIn+" show PEFT read this adapter's experts")
+			continue
+		case inOut != "" && outIn == "":
+			q.emit(true, "square: read (E, in, out), as the shapes of "+inOut+" show PEFT read this adapter's experts")
+			continue
+		}
+		v := b.cfg.PeftVersion
+		if outIn == "" && q.s.known && !q.s.transposed && versionAtLeast(v, 0, 19, 1) {
+			q.emit(false, fmt.Sprintf("square: read (E, out, in), as PEFT %s does for Transformers v5 experts", v))
+			continue
+		}
+		why := "peft_version " + orAbsent(v) + " does not settle it for this model"
+		if outIn != "" {
+			why = fmt.Sprintf("the adapter's other experts disagree (%s reads (E, out, in), %s (E, in, out))", outIn, inOut)
+		}
+		b.problem(AdapterFile+": "+q.key, "%s is (E=%d, %d, %d), square, so lora_A %s and lora_B %s fit both readings: (E, out, in), where expert e's delta is B_e·A_e "+
+			"(PEFT 0.19.1 and later, on Transformers v5's experts), and (E, in, out), where it is (B_e·A_e)ᵀ (PEFT 0.18 and earlier; is_transposed experts such as gpt-oss's, "+
+			"unless Transformers' patch swapped them); %s; choose a reading with the expert layout option (out-in or in-out)",
+			q.param, q.s.count, q.s.d1, q.s.d2, shapeString(q.A.Shape), shapeString(q.B.Shape), why)
+	}
 }
 
 func orAbsent(v string) string {
@@ -396,15 +432,8 @@ func peftVersion(v string) (n [3]int, dev, ok bool) {
 	return n, dev, true
 }
 
-// versionBefore reports whether v is a version below X.Y.Z (a development build of
-// X.Y.Z is not), and versionAtLeast whether it is X.Y.Z or later (a development build
-// of X.Y.Z is not); an unparsable version is neither.
-func versionBefore(v string, x, y, z int) bool {
-	n, _, ok := peftVersion(v)
-	c := slices.Compare(n[:], []int{x, y, z})
-	return ok && c < 0
-}
-
+// versionAtLeast reports whether v is release X.Y.Z or later (a development build of
+// X.Y.Z is not); an unparsable version is not.
 func versionAtLeast(v string, x, y, z int) bool {
 	n, dev, ok := peftVersion(v)
 	c := slices.Compare(n[:], []int{x, y, z})

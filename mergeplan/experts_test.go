@@ -101,18 +101,23 @@ func TestExpertNesting(t *testing.T) {
 // TestExpertRefusals: what the planner cannot prove, it refuses, naming the tensor.
 func TestExpertRefusals(t *testing.T) {
 	// Square (E, 2I, H) with 2I = H on Transformers v5's experts, from a PEFT before
-	// 0.19.1: both readings fit, and the adapter does not say which PEFT took.
-	for _, v := range []string{"0.18.1", "0.19.1.dev0@abc", ""} {
-		a := expertsAdapter(v, 16, 8)
+	// 0.19.1, with no other expert parameter to show how PEFT read them: both readings
+	// fit, and the adapter does not say which PEFT took.
+	gateUpOnly := func(v string) *fixture.Adapter {
+		a := fixture.NewExpertAdapter(2, 4, v, "mlp.experts.gate_up_proj")
+		a.Experts(fixture.ExpertsModule(0), 0, 4, 2, 16, 16, safetensors.F32, fixture.NewRand(2))
 		if v == "" {
 			delete(a.Config, "peft_version")
 		}
-		p := mergeplan.Build(input(t, moe(fixture.Fused, true), a, mergeplan.Options{}))
-		expectProblem(t, p, "base_model.model.model.layers.0.mlp.experts.base_layer.lora_A.weight",
-			"model.layers.0.mlp.experts.gate_up_proj is (E=4, 16, 16), square", "(E, out, in)", "(E, in, out)")
-		// The option settles it; down_proj (E, H, I) is not square and needs none.
+		return a
+	}
+	for _, v := range []string{"0.18.1", "0.19.1.dev0@abc", ""} {
+		p := mergeplan.Build(input(t, moe(fixture.Fused, true), gateUpOnly(v), mergeplan.Options{}))
+		expectProblem(t, p, "base_model.model.model.layers.0.mlp.experts.lora_A.weight",
+			"model.layers.0.mlp.experts.gate_up_proj is (E=4, 16, 16), square", "(E, out, in)", "(E, in, out)", "peft_version")
+		// The option settles it.
 		for _, o := range []mergeplan.ExpertLayout{mergeplan.ExpertOutIn, mergeplan.ExpertInOut} {
-			p = mergeplan.Build(input(t, moe(fixture.Fused, true), expertsAdapter(v, 16, 8), mergeplan.Options{Experts: o}))
+			p = mergeplan.Build(input(t, moe(fixture.Fused, true), gateUpOnly(v), mergeplan.Options{Experts: o}))
 			if !p.OK() {
 				t.Fatalf("%s with %s: %v", v, o, p.Problems)
 			}
@@ -121,9 +126,16 @@ func TestExpertRefusals(t *testing.T) {
 				t.Errorf("%s: Transposed %v", o, d.Transposed)
 			}
 		}
+		// So does down_proj (E, H, I), which is not square: its shapes show how PEFT
+		// read this model's experts.
+		p = mergeplan.Build(input(t, moe(fixture.Fused, true), expertsAdapter(v, 16, 8), mergeplan.Options{}))
+		if !p.OK() || target(t, p, "model.layers.0.mlp.experts.gate_up_proj").Deltas[0].Transposed ||
+			!strings.Contains(module(t, p, "gate_up_proj").Note, "as the shapes of model.layers.0.mlp.experts.down_proj show") {
+			t.Errorf("%s with down_proj: %v %+v", v, p.Problems, p.Modules)
+		}
 	}
 	// 0.19.1 and later read v5's experts (E, out, in).
-	p := mergeplan.Build(input(t, moe(fixture.Fused, true), expertsAdapter("0.20.1.dev0@5d602fd", 16, 8), mergeplan.Options{}))
+	p := mergeplan.Build(input(t, moe(fixture.Fused, true), gateUpOnly("0.20.1.dev0@5d602fd"), mergeplan.Options{}))
 	if !p.OK() || target(t, p, "model.layers.0.mlp.experts.gate_up_proj").Deltas[0].Transposed {
 		t.Errorf("0.20.1.dev0: %v", p.Problems)
 	}
@@ -148,22 +160,39 @@ func TestExpertRefusals(t *testing.T) {
 	expectProblem(t, p, "rank mismatch", "r = 4 for model.layers.0.mlp.experts.down_proj")
 }
 
-// TestExpertReadingGPTOSS: gpt-oss's experts are is_transposed; a square down_proj
-// (E, I, H) is read (E, in, out) except by PEFT 0.19.0, which swapped them.
+// TestExpertReadingGPTOSS: gpt-oss's experts are is_transposed, and whether PEFT read a
+// square down_proj (E, I, H) as (E, in, out) depends on PEFT's version and on whether
+// Transformers' patch ran, which the adapter does not record; the non-square
+// gate_up_proj of the same adapter shows it, whichever way it went.
 func TestExpertReadingGPTOSS(t *testing.T) {
 	m := fixture.MoE(fixture.MoESpec{Hidden: 8, Intermediate: 8, Experts: 4, Layers: 1, Vocab: 32, Layout: fixture.Interleaved,
 		DType: safetensors.BF16, Seed: 1})
-	for v, inOut := range map[string]bool{"0.17.1": true, "0.18.1": true, "0.19.0": false, "0.19.1": true, "0.20.0": true} {
-		p := mergeplan.Build(input(t, m, expertsAdapter(v, 8, 8), mergeplan.Options{}))
-		if !p.OK() {
-			t.Fatalf("%s: %v", v, p.Problems)
+	for _, inOut := range []bool{true, false} {
+		a := fixture.NewExpertAdapter(2, 4, "0.19.0", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+		r := fixture.NewRand(2)
+		if inOut { // gate_up_proj (E, H, 2I) read (E, in, out): lora_A (r·E, H), lora_B (2I, r·E)
+			a.Experts(fixture.ExpertsModule(0), 1, 4, 2, 8, 16, safetensors.F32, r)
+		} else { // read (E, out, in), as PEFT 0.19.0 did: lora_A (r·E, 2I), lora_B (H, r·E)
+			a.Experts(fixture.ExpertsModule(0), 1, 4, 2, 16, 8, safetensors.F32, r)
 		}
-		if d := target(t, p, "model.layers.0.mlp.experts.down_proj").Deltas[0]; d.Transposed != inOut {
-			t.Errorf("%s: down_proj read in-out %v, want %v", v, d.Transposed, inOut)
+		a.Experts(fixture.ExpertsModule(0), 0, 4, 2, 8, 8, safetensors.F32, r)
+		p := mergeplan.Build(input(t, m, a, mergeplan.Options{}))
+		if !p.OK() {
+			t.Fatalf("in-out %v: %v", inOut, p.Problems)
+		}
+		for _, n := range []string{"gate_up_proj", "down_proj"} {
+			if d := target(t, p, "model.layers.0.mlp.experts."+n).Deltas[0]; d.Transposed != inOut {
+				t.Errorf("%s read in-out %v, want %v", n, d.Transposed, inOut)
+			}
 		}
 	}
-	p := mergeplan.Build(input(t, m, expertsAdapter("0.18.2.dev0", 8, 8), mergeplan.Options{}))
-	expectProblem(t, p, "model.layers.0.mlp.experts.down_proj is (E=4, 8, 8), square", `"0.18.2.dev0"`)
+	// down_proj alone: nothing shows the reading, in any version.
+	for _, v := range []string{"0.18.1", "0.19.0", "0.20.0"} {
+		a := fixture.NewExpertAdapter(2, 4, v, "mlp.experts.down_proj")
+		a.Experts(fixture.ExpertsModule(0), 0, 4, 2, 8, 8, safetensors.F32, fixture.NewRand(2))
+		p := mergeplan.Build(input(t, m, a, mergeplan.Options{}))
+		expectProblem(t, p, "model.layers.0.mlp.experts.down_proj is (E=4, 8, 8), square", strconv.Quote(v))
+	}
 }
 
 func TestExpertConfig(t *testing.T) {

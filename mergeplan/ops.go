@@ -62,6 +62,7 @@ func (b *builder) plan() {
 	for _, n := range names {
 		b.lora(mods[n])
 	}
+	b.resolveSquare()
 	b.tie()
 	for _, key := range sortedKeys(b.adapter) {
 		if !b.used[key] && !b.failed(key) {
