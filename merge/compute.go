@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"fmt"
 	"math"
 	"sync"
 
@@ -20,20 +21,30 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 		}
 		f.vec = v
 	} else {
-		a, err := decodeRef(m.in, d.A)
-		if err != nil {
-			return nil, 0, err
-		}
-		b, err := decodeRef(m.in, d.B)
-		if err != nil {
-			return nil, 0, err
-		}
 		var L, R []float64
-		if !d.Transposed {
-			L, R = b, a // B is (rows, r), A is (r, cols)
+		if d.Expert != nil {
+			var err error
+			if L, R, err = m.expertLR(&d); err != nil {
+				return nil, 0, err
+			}
+			if len(L) != m.rows*d.Rank || len(R) != d.Rank*m.cols {
+				return nil, 0, fmt.Errorf("merge: %s: expert %d's delta is not %d×%d", m.t.Name, d.Expert.Index, m.rows, m.cols)
+			}
 		} else {
-			L = transpose(a, d.Rank, m.rows) // A is (r, rows)
-			R = transpose(b, m.cols, d.Rank) // B is (cols, r)
+			a, err := decodeRef(m.in, d.A)
+			if err != nil {
+				return nil, 0, err
+			}
+			b, err := decodeRef(m.in, d.B)
+			if err != nil {
+				return nil, 0, err
+			}
+			if !d.Transposed {
+				L, R = b, a // B is (rows, r), A is (r, cols)
+			} else {
+				L = transpose(a, d.Rank, m.rows) // A is (r, rows)
+				R = transpose(b, m.cols, d.Rank) // B is (cols, r)
+			}
 		}
 		// The norms are rounded up a little so that they stay upper bounds.
 		f.rowNorm = make([]float64, m.rows)

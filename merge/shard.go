@@ -54,10 +54,17 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 	for _, t := range s.Tensors {
 		var f int64
 		for _, d := range t.Deltas {
-			rows, cols := t.Rows(), t.Cols()
+			rows, cols := d.Rows(&t), t.Cols()
 			// L and R, their norms, the transposed copy made while loading, and R
-			// packed for the fused kernels.
-			f += int64(d.Rank)*(rows+cols)*8*3 + (rows+cols)*8
+			// packed for the fused kernels; an expert's, the packed rows of lora_B
+			// read to pick its columns. Experts of one tensor are computed one by one.
+			g := int64(d.Rank)*(rows+cols)*8*3 + (rows+cols)*8
+			if d.Expert != nil {
+				g += d.B.Rows() * d.B.Cols() * 8
+				f = max(f, g)
+				continue
+			}
+			f += g
 		}
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
@@ -101,64 +108,86 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 		blocks: newLRU[blockKey, []byte](opts.CacheBytes),
 	}
 	factors := newLRU[factorKey, *factors](factorBytes)
+	packed := newLRU[packKey, []float64](factorBytes)
 	kern, err := kernelFor(opts.Kernel)
 	if err != nil {
 		return nil, err
 	}
 	for i := range s.Tensors {
-		t := &s.Tensors[i]
-		refs := []mergeplan.Ref{t.Source}
-		for _, d := range t.Deltas {
-			refs = append(refs, d.A, d.B)
+		segs, err := segments(&s.Tensors[i])
+		if err != nil {
+			return nil, err
 		}
-		for _, p := range t.Patches {
-			refs = append(refs, p.Values)
-		}
-		if t.DoRA != nil {
-			refs = append(refs, t.DoRA.Magnitude)
-		}
-		for _, r := range refs {
-			if r.File != "" && in[r.File] == nil {
-				return nil, fmt.Errorf("merge: %s needs %s, which was not given", t.Name, r.File)
+		for _, seg := range segs {
+			n := s.Layout.Tensors[i].Len()
+			if len(segs) > 1 {
+				n = seg.t.Rows() * seg.t.Cols() * int64(size(seg.t.DType))
 			}
+			m, err := sh.newTensor(seg.t, s.Layout.DataOffset()+s.Layout.Tensors[i].Begin+seg.off, n, in, factors, kern)
+			if err != nil {
+				return nil, err
+			}
+			m.packed = packed
+			sh.tensors = append(sh.tensors, m)
 		}
-		m := &tensor{
-			t:       t,
-			off:     s.Layout.DataOffset() + s.Layout.Tensors[i].Begin,
-			rows:    int(t.Rows()),
-			cols:    int(t.Cols()),
-			in:      in,
-			factors: factors,
-			kern:    kern,
-		}
-		if !t.Copy() {
-			m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)
-			if m.dec == nil || m.out == nil {
-				return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
-			}
-			m.blockRows = max(1, blockElems/max(1, m.cols))
-			m.patch = map[int64]patch{}
-			for _, p := range t.Patches {
-				for i, idx := range p.Indices {
-					m.patch[idx] = patch{values: p.Values, row: int64(i)}
-				}
-			}
-			if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
-				m.colScale = m.columnScale(sh.jobs, sh.pool)
-			}
-			if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil {
-				m.fused = true
-				// The fused kernels take rows 6 at a time, and the rest one by one,
-				// at a third of the speed.
-				if m.blockRows > fusedRows {
-					m.blockRows -= m.blockRows % fusedRows
-				}
-			}
-		}
-		sh.tensors = append(sh.tensors, m)
 	}
 	sh.ahead = newReadAhead(sh, opts.CacheBytes)
 	return sh, nil
+}
+
+// newTensor prepares the computation of output tensor t, whose bytes start at off in
+// the shard.
+func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.ReaderAt, factors *lru[factorKey, *factors], kern kernel) (*tensor, error) {
+	refs := []mergeplan.Ref{t.Source}
+	for _, d := range t.Deltas {
+		refs = append(refs, d.A, d.B)
+	}
+	for _, p := range t.Patches {
+		refs = append(refs, p.Values)
+	}
+	if t.DoRA != nil {
+		refs = append(refs, t.DoRA.Magnitude)
+	}
+	for _, r := range refs {
+		if r.File != "" && in[r.File] == nil {
+			return nil, fmt.Errorf("merge: %s needs %s, which was not given", t.Name, r.File)
+		}
+	}
+	m := &tensor{
+		t:       t,
+		off:     off,
+		size:    n,
+		rows:    int(t.Rows()),
+		cols:    int(t.Cols()),
+		in:      in,
+		factors: factors,
+		kern:    kern,
+	}
+	if !t.Copy() {
+		m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)
+		if m.dec == nil || m.out == nil {
+			return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
+		}
+		m.blockRows = max(1, blockElems/max(1, m.cols))
+		m.patch = map[int64]patch{}
+		for _, p := range t.Patches {
+			for i, idx := range p.Indices {
+				m.patch[idx] = patch{values: p.Values, row: int64(i)}
+			}
+		}
+		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
+			m.colScale = m.columnScale(sh.jobs, sh.pool)
+		}
+		if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil {
+			m.fused = true
+			// The fused kernels take rows 6 at a time, and the rest one by one,
+			// at a third of the speed.
+			if m.blockRows > fusedRows {
+				m.blockRows -= m.blockRows % fusedRows
+			}
+		}
+	}
+	return m, nil
 }
 
 func (o Options) withDefaults() Options {
@@ -203,11 +232,11 @@ func (s *Shard) readSome(p []byte, off int64) (int, error) {
 	}
 	i := sort.Search(len(s.tensors), func(i int) bool {
 		t := s.tensors[i]
-		return t.off+s.plan.Layout.Tensors[i].Len() > off
+		return t.off+t.size > off
 	})
 	t := s.tensors[i]
 	rel := off - t.off
-	tlen := s.plan.Layout.Tensors[i].Len()
+	tlen := t.size
 	if t.t.Copy() {
 		n := int(min(int64(len(p)), tlen-rel))
 		if err := readRef(t.in, t.t.Source, rel, p[:n]); err != nil {

@@ -12,12 +12,14 @@ import (
 type tensor struct {
 	t          *mergeplan.Tensor
 	off        int64 // where the tensor's bytes start in the output file
+	size       int64 // its length in bytes
 	rows, cols int
 	in         map[string]io.ReaderAt
 	dec        decoder
 	out        *format
 	patch      map[int64]patch // output row → trained row
 	factors    *lru[factorKey, *factors]
+	packed     *lru[packKey, []float64] // expert lora_B matrices, expert by expert
 	kern       kernel
 	fused      bool                      // one low-rank delta and nothing else: fusedBlock
 	colScale   func() ([]float64, error) // DoRA per-column factors, computed once

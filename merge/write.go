@@ -186,8 +186,8 @@ func (s *Shard) schedule(queue, work chan<- *piece, slots chan<- struct{}, stop 
 			return false
 		}
 	}
-	for i, t := range s.tensors {
-		tlen := s.plan.Layout.Tensors[i].Len()
+	for _, t := range s.tensors {
+		tlen := t.size
 		if t.t.Copy() {
 			for off := int64(0); off < tlen; off += copyChunk {
 				if !send(&piece{t: t, copy: true, off: off, at: t.off + off, n: min(copyChunk, tlen-off)}) {

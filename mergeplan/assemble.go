@@ -156,20 +156,15 @@ func (b *builder) writeConfig() {
 			}
 		}
 	}
-	if name := b.in.Options.DType.torchName(); name != "" {
-		_, hasTorch := b.conf["torch_dtype"]
-		_, hasDType := b.conf["dtype"]
-		if hasDType {
-			set(b.conf, "", "dtype", name)
-		}
-		if hasTorch || !hasDType {
-			set(b.conf, "", "torch_dtype", name)
-		}
-		if _, ok := text["torch_dtype"]; ok {
-			set(text, "text_config.", "torch_dtype", name)
-		}
-		if _, ok := text["dtype"]; ok {
-			set(text, "text_config.", "dtype", name)
+	if name := b.in.Options.DType.torchName(); name != "" && b.dtypeChanges() {
+		// Transformers v5 writes dtype and older versions read torch_dtype; readers of
+		// either kind meet the merged model, so it gets both.
+		set(b.conf, "", "dtype", name)
+		set(b.conf, "", "torch_dtype", name)
+		for _, k := range []string{"torch_dtype", "dtype"} {
+			if _, ok := text[k]; ok {
+				set(text, "text_config.", k, name)
+			}
 		}
 	}
 	if len(b.p.ConfigEdits) == 0 {
@@ -181,6 +176,25 @@ func (b *builder) writeConfig() {
 		return
 	}
 	b.p.Config = data
+}
+
+// dtypeChanges reports whether --dtype changes the dtype of any float tensor, or the
+// config names another dtype than the one chosen.
+func (b *builder) dtypeChanges() bool {
+	want := b.in.Options.DType.dtype()
+	for _, s := range b.p.Shards {
+		for _, t := range s.Tensors {
+			if t.Source.DType.Float() && t.Source.DType != want {
+				return true
+			}
+		}
+	}
+	for _, k := range []string{"dtype", "torch_dtype"} {
+		if v, ok := b.conf[k]; ok && v != b.in.Options.DType.torchName() {
+			return true
+		}
+	}
+	return false
 }
 
 // marshalHF writes JSON the way Transformers writes its config and index files: keys

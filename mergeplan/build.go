@@ -31,6 +31,10 @@ type builder struct {
 	head    *headState
 	notes   map[string]string // how an adapter key's name was resolved, when not exactly
 	untie   bool              // config.json must say tie_word_embeddings: false
+	// Expert parameters whose reading waits for the whole adapter (resolveSquare), and
+	// the readings the shapes decided elsewhere, with a parameter that showed each.
+	square   []squareExpert
+	evidence map[bool]string
 }
 
 // Build plans the merge. It never fails: everything wrong is in Plan.Problems, so one

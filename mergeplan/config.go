@@ -43,6 +43,13 @@ type AdapterConfig struct {
 	LayersToTransform []int
 	LayersPattern     []string
 	TargetParameters  []string
+	// PeftVersion is peft_version, which PEFT records since 0.18.0 ("0.19.1", or
+	// "0.20.1.dev0@<commit>" for a development build); "" when absent.
+	PeftVersion string
+	// LoRABLayout is Unsloth's lora_B_layout marker: how the columns of an expert
+	// lora_B are packed ("rank_major", PEFT's; "grouped_by_expert", older Unsloth's);
+	// "" when absent.
+	LoRABLayout       string
 	FanInFanOut       bool
 	Bias              string // none, all, lora_only
 	LoRABias          bool
@@ -82,7 +89,7 @@ var knownFields = []string{
 	"runtime_config", "qalora_group_size", "use_qalora", "megatron_config", "megatron_core",
 	"layer_replication", "alora_invocation_tokens", "arrow_config", "kasa_config",
 	"use_bdlora", "bdlora_config", "velora_config", "monteclora_config", "lora_ga_config",
-	"is_prompt_learning", "save_embedding_layers", "use_kasa",
+	"is_prompt_learning", "save_embedding_layers", "use_kasa", "lora_B_layout",
 }
 
 // ParseAdapterConfig parses adapter_config.json and refuses the adapters hfmerge cannot
@@ -122,6 +129,8 @@ func ParseAdapterConfig(data []byte) (*AdapterConfig, error) {
 	c.LayersToTransform = p.ints("layers_to_transform")
 	c.LayersPattern = p.strings("layers_pattern")
 	c.TargetParameters = p.strings("target_parameters")
+	c.PeftVersion = p.str("peft_version")
+	c.LoRABLayout = p.str("lora_B_layout")
 	c.FanInFanOut = p.boolean("fan_in_fan_out")
 	c.Bias = p.str("bias")
 	c.LoRABias = p.boolean("lora_bias")
@@ -181,11 +190,26 @@ func (c *AdapterConfig) check(raw map[string]json.RawMessage) error {
 		{"bdlora_config", "block-diagonal LoRA stores A or B in a compact form hfmerge does not expand"},
 		{"velora_config", "VeLoRA is not supported"},
 		{"monteclora_config", "MonteCLoRA is not supported"},
-		{"target_parameters", "LoRA on raw parameters (fused MoE experts) is not supported yet"},
 	}
 	for _, r := range refuse {
 		if v, ok := raw[r.field]; ok && !empty(v) {
 			return &ConfigError{Field: r.field, Reason: "is set: " + r.what}
+		}
+	}
+	switch c.LoRABLayout {
+	case "", RankMajor, GroupedByExpert:
+	default:
+		return &ConfigError{Field: "lora_B_layout", Reason: fmt.Sprintf("is %q: want %q (PEFT's packing) or %q (Unsloth's before 2026-09)",
+			c.LoRABLayout, RankMajor, GroupedByExpert)}
+	}
+	if len(c.TargetParameters) > 0 {
+		for _, f := range []struct {
+			set  bool
+			name string
+		}{{c.UseDoRA, "use_dora"}, {c.LoRABias, "lora_bias"}, {c.FanInFanOut, "fan_in_fan_out"}} {
+			if f.set {
+				return &ConfigError{Field: f.name, Reason: "is set together with target_parameters, which PEFT does not allow (ParamWrapper refuses it)"}
+			}
 		}
 	}
 	if c.LoRABias && c.UseDoRA {

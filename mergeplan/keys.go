@@ -29,6 +29,10 @@ type adapterKey struct {
 	Kind   keyKind // what it is
 	Module string  // module path in model names (no PEFT prefix, no .base_layer)
 	Param  string  // for kindFull: the model tensor name it stands for
+	// Depth counts the .base_layer segments just before a lora_A or lora_B suffix: PEFT
+	// nests one ParamWrapper in another for each further parameter target_parameters
+	// names on a module, and the innermost (wrapped first) is the deepest.
+	Depth int
 }
 
 var suffixes = []struct {
@@ -59,6 +63,10 @@ func classify(key string) (k adapterKey, reason string, ok bool) {
 		if m, found := strings.CutSuffix(name, s.suffix); found && m != "" {
 			k.Kind = s.kind
 			k.Module = stripBaseLayer(m)
+			for strings.HasSuffix(m, ".base_layer") {
+				k.Depth++
+				m = strings.TrimSuffix(m, ".base_layer")
+			}
 			return k, "", true
 		}
 	}

@@ -6,10 +6,12 @@ import (
 	"strings"
 )
 
-// module gathers the adapter keys of one module path.
+// module gathers the adapter keys of one module path (and, for the nested ParamWrappers
+// of target_parameters, one nesting depth).
 type module struct {
-	name string
-	keys map[keyKind]adapterKey
+	name  string
+	depth int
+	keys  map[keyKind]adapterKey
 }
 
 func (m *module) has(k keyKind) bool { _, ok := m.keys[k]; return ok }
@@ -30,10 +32,14 @@ func (b *builder) plan() {
 			fulls = append(fulls, k)
 			continue
 		}
-		m := mods[k.Module]
+		id := k.Module
+		if k.Depth > 0 && len(b.cfg.TargetParameters) > 0 {
+			id = fmt.Sprintf("%s (base_layer %d)", k.Module, k.Depth)
+		}
+		m := mods[id]
 		if m == nil {
-			m = &module{name: k.Module, keys: map[keyKind]adapterKey{}}
-			mods[k.Module] = m
+			m = &module{name: k.Module, depth: k.Depth, keys: map[keyKind]adapterKey{}}
+			mods[id] = m
 		}
 		if prev, dup := m.keys[k.Kind]; dup {
 			b.problem(AdapterFile+": "+key, "is a second %s for module %s (the first is %s)", k.Kind, k.Module, prev.Key)
@@ -56,6 +62,7 @@ func (b *builder) plan() {
 	for _, n := range names {
 		b.lora(mods[n])
 	}
+	b.resolveSquare()
 	b.tie()
 	for _, key := range sortedKeys(b.adapter) {
 		if !b.used[key] && !b.failed(key) {
@@ -231,6 +238,12 @@ func (b *builder) module(m Module, key string) {
 
 // lora plans the low-rank update of one module.
 func (b *builder) lora(m *module) {
+	if params := b.paramTargets(m.name); len(params) > 0 {
+		if found, _, _ := b.base.resolve(m.name + ".weight"); found == "" {
+			b.experts(m, params)
+			return
+		}
+	}
 	linear := m.has(kindA) || m.has(kindB)
 	embedding := m.has(kindEmbA) || m.has(kindEmbB)
 	var some adapterKey
@@ -293,6 +306,9 @@ func (b *builder) lora(m *module) {
 		return
 	}
 	t := b.target(m.name+".weight", m.name, ka.Key)
+	if t == nil && !embedding && !b.failed(ka.Key) && b.fusedLinear(m, ka, A, B, r, alpha, scale) {
+		return
+	}
 	if t == nil {
 		if !b.failed(ka.Key) {
 			b.problem(subject, "is not in the base model: no tensor %s.weight (the adapter may be for another model)", m.name)

@@ -52,10 +52,29 @@ const (
 	Fold Tied = "fold"
 )
 
+// ExpertLayout is the reading of a 3-D expert parameter (E, d1, d2) that PEFT's
+// versions disagree on, for when the shapes cannot decide it (d1 = d2).
+type ExpertLayout string
+
+const (
+	// ExpertAuto decides from shapes, the architecture and the adapter's peft_version,
+	// and refuses when they do not settle it.
+	ExpertAuto ExpertLayout = ""
+	// ExpertOutIn reads (E, out, in): expert e's delta is B_e·A_e (PEFT 0.19.1 and later
+	// for Transformers' non-transposed experts).
+	ExpertOutIn ExpertLayout = "out-in"
+	// ExpertInOut reads (E, in, out): expert e's delta is (B_e·A_e)ᵀ (PEFT before 0.19,
+	// and gpt-oss's transposed experts).
+	ExpertInOut ExpertLayout = "in-out"
+)
+
 // Options are the user's choices that change the output.
 type Options struct {
 	DType DTypeChoice
 	Tied  Tied
+	// Experts settles square expert parameters whose reading the planner cannot
+	// decide; ExpertAuto refuses them instead.
+	Experts ExpertLayout
 }
 
 // Plan is everything the merge will do.
@@ -115,30 +134,25 @@ type Ref struct {
 // Adapter reports whether the tensor comes from the adapter file.
 func (r *Ref) Adapter() bool { return r.File == AdapterFile }
 
-// Rows and Cols view the tensor as a matrix: the first dimension by the product of the
-// others (a vector is one row; a scalar is 1×1).
+// Rows and Cols view the tensor as a matrix: the product of all dimensions but the last
+// by the last (a vector is one row; a scalar is 1×1). A stack of expert matrices
+// (E, d1, d2) is then E·d1 rows of d2, expert e's rows starting at e·d1.
 func (r *Ref) Rows() int64 { return rows(r.Shape) }
 func (r *Ref) Cols() int64 { return cols(r.Shape) }
 
 func rows(shape []int64) int64 {
-	if len(shape) < 2 {
-		return 1
+	n := int64(1)
+	for i := 0; i+1 < len(shape); i++ {
+		n *= shape[i]
 	}
-	return shape[0]
+	return n
 }
 
 func cols(shape []int64) int64 {
 	if len(shape) == 0 {
 		return 1
 	}
-	if len(shape) == 1 {
-		return shape[0]
-	}
-	n := int64(1)
-	for _, d := range shape[1:] {
-		n *= d
-	}
-	return n
+	return shape[len(shape)-1]
 }
 
 // Tensor is one output tensor: where its values come from and what is done to them, in
@@ -168,6 +182,11 @@ func (t *Tensor) Cols() int64 { return cols(t.Shape) }
 // which R depends on the layer: for a Linear weight (out, in), L = B and R = A; for a
 // GPT-2 Conv1D weight stored (in, out) and for an embedding (vocab, dim), L = Aᵀ and
 // R = Bᵀ (Transposed). Vector deltas (lora_B.bias) add Scale · B elementwise.
+//
+// An expert delta (Expert not nil) takes one expert's share of a PEFT ParamWrapper's
+// packed lora_A (r·E, in) and lora_B (out, r·E): A_e and B_e, whose product, transposed
+// when Transposed, is the expert's delta matrix Δ_e; Expert says which rows of Δ_e go
+// to which rows of the tensor.
 type Delta struct {
 	Module     string // the adapter's module path, for messages
 	A, B       Ref
@@ -175,6 +194,29 @@ type Delta struct {
 	Scale      float64
 	Transposed bool
 	Vector     bool
+	Expert     *Expert
+}
+
+// Expert locates one expert's factors in a ParamWrapper's packed matrices and its delta
+// in the output tensor. A_e is rows [Index·r, (Index+1)·r) of lora_A (PEFT's
+// reshape(E, r, in)); B_e is the columns k·Count + Index of lora_B for k < r (PEFT's
+// reshape(out, r, E)), or [Index·r, (Index+1)·r) when GroupedB (Unsloth's packing
+// before its lora_B_layout marker). Rows [Lo, Hi) of Δ_e are added to rows
+// [Row, Row+Hi-Lo) of the tensor viewed as a matrix.
+type Expert struct {
+	Index, Count int
+	GroupedB     bool
+	Lo, Hi       int64
+	Row          int64
+}
+
+// Rows is the number of tensor rows the delta changes: all of them unless it is an
+// expert's.
+func (d *Delta) Rows(t *Tensor) int64 {
+	if d.Expert == nil {
+		return t.Rows()
+	}
+	return d.Expert.Hi - d.Expert.Lo
 }
 
 // Axis says along which direction DoRA normalises.
@@ -209,6 +251,14 @@ type Module struct {
 	Alpha  float64 `json:"alpha,omitempty"` // 0 for replacements
 	Scale  float64 `json:"scale,omitempty"` // alpha/r, or alpha/√r with rsLoRA
 	Note   string  `json:"note,omitempty"`  // how the name was resolved, when not exactly
+	// For expert LoRA (target_parameters): the parameter PEFT wrapped, the adapter keys
+	// of its lora_A and lora_B, the number of experts, how the parameter was read
+	// (out-in or in-out) and every output tensor its deltas change.
+	Param   string   `json:"param,omitempty"`
+	Keys    []string `json:"keys,omitempty"`
+	Experts int      `json:"experts,omitempty"`
+	Layout  string   `json:"layout,omitempty"`
+	Tensors []string `json:"tensors,omitempty"`
 }
 
 // ConfigEdit is one change to config.json.
