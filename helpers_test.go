@@ -2,6 +2,8 @@ package hfmerge
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -102,4 +104,19 @@ func fileEqual(t testing.TB, a, b string) bool {
 		t.Fatal(err)
 	}
 	return string(x) == string(y)
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// mergedBytes is what a push's work dir holds in merged shards: its tmp- dirs.
+func mergedBytes(work string) int64 {
+	dirs, _ := filepath.Glob(filepath.Join(work, "tmp-*"))
+	var n int64
+	for _, d := range dirs {
+		n += dirBytes(d)
+	}
+	return n
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,14 @@ type schedule struct {
 	ps     *pusher
 	budget int64
 	sem    *semaphore.Weighted
+	mu     sync.Mutex // the counts in ps.res, which the uploaders share
+}
+
+// count updates the push's result under the schedule's lock.
+func (sch *schedule) count(f func(r *PushResult)) {
+	sch.mu.Lock()
+	defer sch.mu.Unlock()
+	f(sch.ps.res)
 }
 
 // uploaders is how many shards are put at once: a second upload keeps the link busy
@@ -105,7 +114,7 @@ func (sch *schedule) run(ctx context.Context) error {
 	}
 	err := g.Wait()
 	if err == nil {
-		ps.res.BytesDown = received(ps.l.Base)
+		sch.count(func(r *PushResult) { r.BytesDown = received(ps.l.Base) })
 	}
 	return err
 }
@@ -136,7 +145,7 @@ func (sch *schedule) learn(ctx context.Context, s *mergeplan.Shard) (*job, error
 	switch {
 	case s.Unchanged():
 		note = "unchanged"
-		ps.res.Unchanged++
+		sch.count(func(r *PushResult) { r.Unchanged++ })
 		if oid, ok := digestOf(ps.l.Base, s.Base); ok {
 			j.oid = oid
 			ps.o.Progress.emit(Event{Type: Advance, Stage: StageHash, Bytes: s.Size(), Note: "unchanged"})
@@ -255,14 +264,18 @@ func (sch *schedule) send(ctx context.Context, j *job) error {
 		return fmt.Errorf("uploading %s: %w", s.Name, err)
 	}
 	note := "uploaded"
-	if put {
-		ps.res.Uploaded++
-	} else {
+	if !put {
 		note = "already on the Hub"
-		ps.res.OnHub++
 		ps.o.Progress.emit(Event{Type: Advance, Stage: StageUpload, Bytes: s.Size(), Note: "skipped"})
 	}
-	ps.res.BytesUp += sent.Load()
+	sch.count(func(r *PushResult) {
+		if put {
+			r.Uploaded++
+		} else {
+			r.OnHub++
+		}
+		r.BytesUp += sent.Load()
+	})
 	if err := ps.j.set(s.Name, journalShard{SHA256: j.oid, Size: s.Size(), Uploaded: true}); err != nil {
 		return err
 	}
