@@ -95,16 +95,16 @@ func cleanWorkDir(work, keepID, inputs, target string) {
 		name := e.Name()
 		p := filepath.Join(work, name)
 		switch {
-		case e.IsDir() && strings.HasPrefix(name, "tmp-") && name != "tmp-"+keepID:
+		case e.IsDir() && strings.HasPrefix(name, "tmp-") && (keepID == "" || name != "tmp-"+keepID):
 			if unlock, err := tryLockDir(p); err == nil {
 				os.RemoveAll(p)
 				unlock()
 			}
 		case strings.HasPrefix(name, "journal-") && strings.HasSuffix(name, ".json.tmp"):
-			if !strings.Contains(name, keepID) {
+			if keepID == "" || !strings.Contains(name, keepID) {
 				os.Remove(p)
 			}
-		case strings.HasPrefix(name, "journal-") && strings.HasSuffix(name, ".json") && !strings.Contains(name, keepID):
+		case strings.HasPrefix(name, "journal-") && strings.HasSuffix(name, ".json") && (keepID == "" || !strings.Contains(name, keepID)):
 			var old journal
 			if b, err := os.ReadFile(p); err == nil && json.Unmarshal(b, &old) == nil && old.Target == target && old.Inputs != inputs {
 				os.Remove(p)

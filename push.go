@@ -83,7 +83,17 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 	if ps.prov, err = newProvenance(l, l.in.Options); err != nil {
 		return nil, err
 	}
+	ps.paths()
 	if done, err := ps.upToDate(ctx); err != nil || done != nil {
+		if done != nil {
+			// A run killed after its commit left its journal and work dir: done with.
+			cleanWorkDir(ps.work, "", ps.prov.Inputs, ps.t.String())
+			if unlock, err := tryLockDir(ps.tmp); err == nil {
+				os.RemoveAll(ps.tmp)
+				unlock()
+			}
+			os.Remove(ps.journalPath())
+		}
 		return done, err
 	}
 	res, err := ps.run(ctx)
@@ -101,7 +111,9 @@ type pusher struct {
 	t     *upload.Target
 	prov  *Provenance
 	j     *journal
-	tmp   string
+	work  string // the work dir
+	id    string // this push's inputs and target, as a short digest
+	tmp   string // this push's merged shards: work/tmp-<id>
 	start time.Time
 	res   *PushResult
 }
@@ -138,6 +150,19 @@ func (ps *pusher) upToDate(ctx context.Context) (*PushResult, error) {
 	}
 	return nil, nil
 }
+
+// paths names the work dir, the temp dir and the journal of this push.
+func (ps *pusher) paths() {
+	ps.work = ps.o.WorkDir
+	if ps.work == "" {
+		ps.work = filepath.Join(cache.Home(), "hfmerge")
+	}
+	key := sha256.Sum256([]byte(ps.prov.Inputs + "\x00" + ps.t.Repo.String() + "\x00" + ps.branch() + "\x00" + strconv.FormatBool(ps.t.PR)))
+	ps.id = hex.EncodeToString(key[:8])
+	ps.tmp = filepath.Join(ps.work, "tmp-"+ps.id)
+}
+
+func (ps *pusher) journalPath() string { return filepath.Join(ps.work, "journal-"+ps.id+".json") }
 
 func (ps *pusher) branch() string {
 	if ps.t.Branch == "" {
@@ -199,18 +224,11 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 		largest = max(largest, s.Size())
 		total += s.Size()
 	}
-	work := o.WorkDir
-	if work == "" {
-		work = filepath.Join(cache.Home(), "hfmerge")
-	}
 	target := ps.t.String()
-	key := sha256.Sum256([]byte(ps.prov.Inputs + "\x00" + ps.t.Repo.String() + "\x00" + ps.branch() + "\x00" + strconv.FormatBool(ps.t.PR)))
-	id := hex.EncodeToString(key[:8])
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	if err := os.MkdirAll(ps.work, 0o755); err != nil {
 		return nil, err
 	}
-	cleanWorkDir(work, id, ps.prov.Inputs, target)
-	ps.tmp = filepath.Join(work, "tmp-"+id)
+	cleanWorkDir(ps.work, ps.id, ps.prov.Inputs, target)
 	if err := os.MkdirAll(ps.tmp, 0o755); err != nil {
 		return nil, err
 	}
@@ -251,7 +269,7 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 				"repo", ps.t.Repo.String())
 		}
 	}
-	ps.j = openJournal(filepath.Join(work, "journal-"+id+".json"), ps.prov.Inputs, target)
+	ps.j = openJournal(ps.journalPath(), ps.prov.Inputs, target)
 	sch := &schedule{ps: ps, budget: budget}
 	if err := sch.run(ctx); err != nil {
 		return nil, err

@@ -99,7 +99,18 @@ func (e *pushEnv) cmd(token string, args ...string) *exec.Cmd {
 
 func (e *pushEnv) push(t *testing.T, token string, extra ...string) (int, string, string) {
 	t.Helper()
-	args := append([]string{"push", "--base", "alice/base", "--adapter", e.adapter, "--repo", "alice/merged", "--progress", "plain"}, extra...)
+	return e.pushAs(t, token, "alice/merged", extra...)
+}
+
+// pushTo pushes with alice's write token to repo.
+func (e *pushEnv) pushTo(t *testing.T, repo string, extra ...string) (int, string, string) {
+	t.Helper()
+	return e.pushAs(t, aliceWrite, repo, extra...)
+}
+
+func (e *pushEnv) pushAs(t *testing.T, token, repo string, extra ...string) (int, string, string) {
+	t.Helper()
+	args := append([]string{"push", "--base", "alice/base", "--adapter", e.adapter, "--repo", repo, "--progress", "plain"}, extra...)
 	c := e.cmd(token, args...)
 	var stdout, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stdout, &stderr
@@ -122,7 +133,12 @@ func sum(b []byte) string {
 // locally, index, config, tokenizer, model card and hfmerge.json.
 func (e *pushEnv) checkPublished(t *testing.T, rev string) {
 	t.Helper()
-	files, err := e.h.Files("alice/merged", rev)
+	e.checkPublishedTo(t, "alice/merged", rev)
+}
+
+func (e *pushEnv) checkPublishedTo(t *testing.T, repo, rev string) {
+	t.Helper()
+	files, err := e.h.Files(repo, rev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,25 +148,25 @@ func (e *pushEnv) checkPublished(t *testing.T, rev string) {
 	}
 	for _, n := range []string{"model.safetensors.index.json", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md", hfmerge.ProvenanceFile} {
 		if !have[n] {
-			t.Errorf("%s@%s lacks %s", "alice/merged", rev, n)
+			t.Errorf("%s@%s lacks %s", repo, rev, n)
 		}
 	}
 	for name, want := range e.shards {
-		got, err := e.h.File("alice/merged", rev, name)
+		got, err := e.h.File(repo, rev, name)
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s differs from the local merge (%v)", name, err)
 		}
 	}
-	card, _ := e.h.File("alice/merged", rev, "README.md")
+	card, _ := e.h.File(repo, rev, "README.md")
 	if !bytes.Contains(card, []byte("base_model: alice/base")) {
 		t.Errorf("model card:\n%s", card)
 	}
-	tok, _ := e.h.File("alice/merged", rev, "tokenizer_config.json")
+	tok, _ := e.h.File(repo, rev, "tokenizer_config.json")
 	if !bytes.Contains(tok, []byte(`"from": "adapter"`)) {
 		t.Errorf("tokenizer is not the adapter's")
 	}
 	var prov hfmerge.Provenance
-	b, _ := e.h.File("alice/merged", rev, hfmerge.ProvenanceFile)
+	b, _ := e.h.File(repo, rev, hfmerge.ProvenanceFile)
 	if err := json.Unmarshal(b, &prov); err != nil || prov.Base.Repo != "alice/base" || len(prov.Base.Commit) != 40 || prov.Adapter.Digest == "" {
 		t.Errorf("hfmerge.json: %v\n%s", err, b)
 	}
