@@ -11,6 +11,9 @@ var fusedAVX2 = [3][3]func(*fusedArgs){
 	{fusedF32toBF16, fusedF32toF16, fusedF32toF32},
 }
 
+// fusedVAVX2 holds the kernels for DoRA's V by input kind.
+var fusedVAVX2 = [3]func(*fusedArgs){fusedBF16toF64, fusedF16toF64, fusedF32toF64}
+
 //go:noescape
 func fusedBF16toBF16(a *fusedArgs)
 
@@ -19,6 +22,9 @@ func fusedBF16toF16(a *fusedArgs)
 
 //go:noescape
 func fusedBF16toF32(a *fusedArgs)
+
+//go:noescape
+func fusedBF16toF64(a *fusedArgs)
 
 //go:noescape
 func fusedF16toBF16(a *fusedArgs)
@@ -30,6 +36,9 @@ func fusedF16toF16(a *fusedArgs)
 func fusedF16toF32(a *fusedArgs)
 
 //go:noescape
+func fusedF16toF64(a *fusedArgs)
+
+//go:noescape
 func fusedF32toBF16(a *fusedArgs)
 
 //go:noescape
@@ -37,3 +46,6 @@ func fusedF32toF16(a *fusedArgs)
 
 //go:noescape
 func fusedF32toF32(a *fusedArgs)
+
+//go:noescape
+func fusedF32toF64(a *fusedArgs)

@@ -42,6 +42,9 @@ type fusedKind struct {
 
 var fusedKinds = [3]fusedKind{{"BF16", 2, 45}, {"F16", 2, 42}, {"F32", 4, 29}}
 
+// valueKind is the output of the kernels for DoRA: V = W + s·(L·R) in float64, unrounded.
+var valueKind = fusedKind{"F64", 8, 0}
+
 // fusedSource writes one AVX2 kernel for each pair of input and output element types,
 // and their Go declarations.
 func fusedSource() (asm, decl []byte) {
@@ -68,7 +71,7 @@ func fusedSource() (asm, decl []byte) {
 		{"ZERO", unsafe.Pointer(&a.zero)},
 		{"C1", unsafe.Pointer(&a.c1)}, {"HALF", unsafe.Pointer(&a.half)}, {"HALFM1", unsafe.Pointer(&a.halfm1)},
 		{"MINNORMAL", unsafe.Pointer(&a.minNormal)}, {"MAXFINITE", unsafe.Pointer(&a.maxFinite)},
-		{"ROUND", unsafe.Pointer(&a.round)}, {"TMP", unsafe.Pointer(&a.tmp)},
+		{"ROUND", unsafe.Pointer(&a.round)}, {"TMP", unsafe.Pointer(&a.tmp)}, {"SCALE", unsafe.Pointer(&a.scale)},
 		{"THR", unsafe.Pointer(&a.thr)}, {"ABS32", unsafe.Pointer(&a.abs32)}, {"MAX32", unsafe.Pointer(&a.max32)},
 		{"LOW32", unsafe.Pointer(&a.low32)}, {"MID32", unsafe.Pointer(&a.mid32)}, {"TOL32", unsafe.Pointer(&a.tol32)},
 	} {
@@ -122,8 +125,16 @@ func fusedSource() (asm, decl []byte) {
 		fmt.Fprintf(&d, "},\n")
 	}
 	fmt.Fprintf(&d, "}\n")
+	fmt.Fprintf(&d, "\n// fusedVAVX2 holds the kernels for DoRA's V by input kind.\nvar fusedVAVX2 = [3]func(*fusedArgs){")
+	for i, in := range fusedKinds {
+		if i > 0 {
+			fmt.Fprintf(&d, ", ")
+		}
+		fmt.Fprintf(&d, "fused%sto%s", in.name, valueKind.name)
+	}
+	fmt.Fprintf(&d, "}\n")
 	for _, in := range fusedKinds {
-		for _, out := range fusedKinds {
+		for _, out := range append(fusedKinds[:], valueKind) {
 			name := "fused" + in.name + "to" + out.name
 			fmt.Fprintf(&d, "\n//go:noescape\nfunc %s(a *fusedArgs)\n", name)
 			fusedKernel(w, name, in, out)
@@ -219,9 +230,12 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tADDQ  CX, AX")
 	w("\tADDQ  A_FLAGS(DI), AX")
 	w("\tMOVQ  AX, R10")
-	if out.size == 2 {
+	switch {
+	case out == valueKind:
+		epilogueV(w, in)
+	case out.size == 2:
 		epilogue16(w, in, out)
-	} else {
+	default:
 		epilogue64(w, in, out)
 	}
 	w("\tADDQ A_INROW(DI), SI")
@@ -245,6 +259,9 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind) {
 	w("\tMOVQ R14, A_ANY(DI)")
 	w("\tVZEROUPPER")
 	w("\tRET")
+	if out == valueKind {
+		return // nothing to flag
+	}
 	w("")
 	w("flag:")
 	if out.size == 2 {
@@ -358,6 +375,22 @@ func epilogue64(w func(string, ...any), in, out fusedKind) {
 	w("flagged:")
 	encode(w, out)
 	w("\tADDQ $8, R11")
+}
+
+// epilogueV writes a row of 8 elements of V = W + s·p, p the product of unscaled L, in
+// float64: DoRA's values, in the order fixedValues computes them.
+func epilogueV(w func(string, ...any), in fusedKind) {
+	w("\tMOVQ  R8, R9")
+	w("\tVBROADCASTSD A_SCALE(DI), Y13")
+	w("")
+	w("row:")
+	decode(w, in, "")
+	w("\tVMULPD  (R15), Y13, Y1")
+	w("\tVMULPD  32(R15), Y13, Y5")
+	w("\tVADDPD  Y1, Y0, Y0")
+	w("\tVADDPD  Y5, Y4, Y4")
+	w("\tVMOVUPD Y0, (DX)")
+	w("\tVMOVUPD Y4, 32(DX)")
 }
 
 // productPointers sets AX to the strip of R at j0, BX to L at row o, CX to the rank.

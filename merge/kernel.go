@@ -25,13 +25,15 @@ func gamma(r int) float64 {
 // bounds the error, see gamma, and recomputes exactly what the bound cannot settle.)
 // Starting from -0 keeps a weight whose delta is exactly zero bit-identical.
 //
-// fused, where a kernel has it, computes a whole row block of the common case (one
-// low-rank delta, nothing else) in one pass over cache-sized tiles: product, sum, error
-// bound and rounding, without a block-sized array of products; see fusedArgs.
+// fused, where a kernel has it, computes a whole row block of the common case (low-rank
+// deltas, nothing else) in one pass over cache-sized tiles: product, sum, error bound
+// and rounding, without a block-sized array of products; see fusedArgs. value computes
+// DoRA's V = W + s·(L·R) the same way, in the fixed order above, into float64.
 type kernel struct {
 	name    string
 	product func(acc, L, R []float64, rows, cols, r int)
 	fused   *[3][3]func(*fusedArgs) // by input and output kind
+	value   *[3]func(*fusedArgs)    // DoRA's V in float64, by input kind
 	f16     bool                    // the fused forms for F16 can run
 }
 
@@ -68,7 +70,7 @@ func kernelFor(name string) (kernel, error) {
 		return kernel{}, fmt.Errorf("merge: no kernel %q (have %v)", name, Kernels())
 	}
 	if name == KernelAVX2 {
-		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, f16: hasF16C()}, nil
+		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, value: &fusedVAVX2, f16: hasF16C()}, nil
 	}
 	return kernel{name: name, product: accumulateGo}, nil
 }

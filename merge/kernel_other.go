@@ -9,3 +9,5 @@ func accumulateAVX2(acc, L, R []float64, rows, cols, r int) { accumulateGo(acc, 
 func hasF16C() bool { return false }
 
 var fusedAVX2 [3][3]func(*fusedArgs) // none
+
+var fusedVAVX2 [3]func(*fusedArgs)

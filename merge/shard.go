@@ -146,7 +146,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 				m.colScale = m.columnScale(sh.jobs, sh.pool)
 			}
-			if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil {
+			if lowRank(t.Deltas) && len(t.Patches) == 0 && t.DoRA == nil {
 				m.fused = true
 				// The fused kernels take rows 6 at a time, and the rest one by one,
 				// at a third of the speed.

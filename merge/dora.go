@@ -1,0 +1,188 @@
+package merge
+
+import (
+	"encoding/binary"
+	"math"
+	"unsafe"
+
+	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// DoRA's numbers are fully specified, so that no kernel changes them: V = W + s·p for
+// each delta in turn, p the product chain of the package's kernels (see kernel), then
+// the norms and rescale in float64 in a fixed order, then one rounding of each element.
+// The fast path computes exactly those values, the product and sum of the first delta
+// in a kernel's fused V form (no block of products in memory, R read strip by strip),
+// and rounds without a function call per element.
+
+// doraKernel is the kernel's fused form for DoRA's V from this tensor's input, or nil:
+// it takes a first delta that is low rank, and no trained rows (which replace W first).
+func (m *tensor) doraKernel() func(*fusedArgs) {
+	t := m.t
+	if m.kern.value == nil || t.DoRA == nil || len(t.Patches) > 0 || len(t.Deltas) == 0 ||
+		t.Deltas[0].Vector || t.Deltas[0].Rank < 1 || m.cols < 8 {
+		return nil
+	}
+	if t.Source.DType == safetensors.F16 && !m.kern.f16 {
+		return nil
+	}
+	return m.kern.value[kind(t.Source.DType)]
+}
+
+// doraValues computes V = W + ΔW for rows [r0, r1) into v, in the order fixedValues
+// defines, from the source rows raw.
+func (m *tensor) doraValues(r0, r1 int, raw []byte, v []float64, acc *scratch) error {
+	run := m.doraKernel()
+	if run == nil {
+		m.dec(v, raw)
+		if err := m.patchRows(r0, r1, v); err != nil {
+			return err
+		}
+		return m.fixedValues(r0, r1, v, 0, acc)
+	}
+	d := &m.t.Deltas[0]
+	f, err := m.delta(0)
+	if err != nil {
+		return err
+	}
+	rows, cols, rank, width := r1-r0, m.cols, d.Rank, m.cols&^7
+	L := packRows(acc.packed(rows*rank), f.L[r0*rank:r1*rank], rows, rank, 1)
+	if acc.args == nil {
+		acc.args = new(fusedArgs)
+	}
+	a := acc.args
+	isz := size(m.t.Source.DType)
+	*a = fusedArgs{
+		out: (*byte)(unsafe.Pointer(&v[0])), in: &raw[0], L: &L[0], R: &f.strips[0],
+		rows: rows, rank: rank, width: width, strips: width / 8,
+		panel: max(8, 2048/rank&^7),
+		inRow: cols * isz, outRow: cols * 8, inSize: isz, outSize: 8,
+		scale: d.Scale,
+	}
+	run(a)
+	if width < cols {
+		n := cols - width
+		p := acc.f64(rows * n)
+		accumulateCols(p, n, f.L[r0*rank:r1*rank], f.R, rows, cols, rank, width, cols)
+		w := acc.base(n)
+		for o := 0; o < rows; o++ {
+			decodeRow(m.t.Source.DType, w, raw[(o*cols+width)*isz:(o+1)*cols*isz])
+			row := v[o*cols+width : (o+1)*cols]
+			for j, x := range p[o*n : (o+1)*n] {
+				row[j] = w[j] + float64(d.Scale*x)
+			}
+		}
+	}
+	return m.fixedValues(r0, r1, v, 1, acc)
+}
+
+// doraPut rescales V, rows [r0, r1) in v, to the trained magnitudes, per row (Linear) or
+// per column over the whole tensor (Conv1D, embeddings), and rounds each element once
+// into dst. A zero row stays zero (PEFT would divide by zero).
+func (m *tensor) doraPut(r0, r1 int, v []float64, raw, dst []byte, acc *scratch) error {
+	cols, osz := m.cols, size(m.t.DType)
+	var mag, cs []float64
+	if m.t.DoRA.Axis == mergeplan.PerRow {
+		f, err := m.delta(0)
+		if err != nil {
+			return err
+		}
+		mag = f.mag
+	} else {
+		var err error
+		if cs, err = m.colScale(); err != nil {
+			return err
+		}
+	}
+	for o := r0; o < r1; o++ {
+		i := (o - r0) * cols
+		row := v[i : i+cols]
+		if mag != nil {
+			s := 1.0
+			if n := norm(row); n != 0 {
+				s = mag[o] / n
+			}
+			cs = acc.base(cols)
+			for j := range cs {
+				cs[j] = s
+			}
+		}
+		if !m.putRow(dst[i*osz:(i+cols)*osz], row, cs) {
+			x := make([]float64, cols) // the values rounded, for the message
+			for j := range x {
+				x[j] = row[j] * cs[j]
+			}
+			if err := m.checkFinite(o, dst[i*osz:], raw[i*size(m.t.Source.DType):], x); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// putRow writes x[j]·scale[j] for each j, rounded once to the output dtype as format.put
+// does, with NaN as the dtype's default quiet NaN, whose bits, unlike a propagated
+// payload's, do not depend on the order of a multiplication's operands. It reports
+// whether every element it wrote is finite.
+//
+// Rounding to float32 first is the correct rounding to a 16-bit format unless the
+// float32 lands exactly on one of its rounding boundaries (x on a tie, or rounded onto
+// one), or is outside its normal range: those go through put.
+func (m *tensor) putRow(dst []byte, x, scale []float64) bool {
+	ok := true
+	switch m.t.DType {
+	case safetensors.BF16:
+		dst = dst[:2*len(x)]
+		scale = scale[:len(x)]
+		for i, v := range x {
+			v *= scale[i]
+			b := math.Float32bits(float32(v))
+			if h := (b + 0x8000) >> 16; b&0xffff != 0x8000 && h&0x7f80 != 0x7f80 {
+				binary.LittleEndian.PutUint16(dst[2*i:], uint16(h))
+				continue
+			}
+			ok = m.putSlow(dst[2*i:], v) && ok
+		}
+	case safetensors.F16:
+		dst = dst[:2*len(x)]
+		scale = scale[:len(x)]
+		for i, v := range x {
+			v *= scale[i]
+			b := math.Float32bits(float32(v))
+			// |v| in [2⁻¹⁴, 65504), and not on a tie of F16's 10 mantissa bits.
+			if a := b &^ (1 << 31); a >= 0x38800000 && a < 0x477fe000 && b&0x1fff != 0x1000 {
+				h := (b>>16)&0x8000 | ((a>>23)-112)<<10 | (a>>13)&0x3ff // rebiased, truncated
+				if b&0x1fff > 0x1000 {
+					h++ // carries into the exponent where the mantissa overflows
+				}
+				binary.LittleEndian.PutUint16(dst[2*i:], uint16(h))
+				continue
+			}
+			ok = m.putSlow(dst[2*i:], v) && ok
+		}
+	case safetensors.F32:
+		dst = dst[:4*len(x)]
+		scale = scale[:len(x)]
+		for i, v := range x {
+			v *= scale[i]
+			b := math.Float32bits(float32(v))
+			if b&0x7f800000 != 0x7f800000 {
+				binary.LittleEndian.PutUint32(dst[4*i:], b)
+				continue
+			}
+			ok = m.putSlow(dst[4*i:], v) && ok
+		}
+	}
+	return ok
+}
+
+// putSlow rounds one value by format.put, NaN as the default quiet NaN, and reports
+// whether the result is finite.
+func (m *tensor) putSlow(dst []byte, x float64) bool {
+	if x != x {
+		x = math.NaN() // Go's NaN: positive, quiet, no payload
+	}
+	m.out.put(dst, x)
+	return finite(m.t.DType, dst)
+}
