@@ -3,6 +3,7 @@ package merge
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 	"unsafe"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
@@ -95,12 +96,16 @@ func (m *tensor) doraPut(r0, r1 int, v []float64, raw, dst []byte, acc *scratch)
 			return err
 		}
 	}
+	var norms []float64
+	if mag != nil {
+		norms = rowNorms(acc.rowBounds(r1-r0), v, cols)
+	}
 	for o := r0; o < r1; o++ {
 		i := (o - r0) * cols
 		row := v[i : i+cols]
 		if mag != nil {
 			s := 1.0
-			if n := norm(row); n != 0 {
+			if n := norms[o-r0]; n != 0 {
 				s = mag[o] / n
 			}
 			cs = acc.base(cols)
@@ -108,7 +113,7 @@ func (m *tensor) doraPut(r0, r1 int, v []float64, raw, dst []byte, acc *scratch)
 				cs[j] = s
 			}
 		}
-		if !m.putRow(dst[i*osz:(i+cols)*osz], row, cs) {
+		if !m.putRow(dst[i*osz:(i+cols)*osz], row, cs, acc) {
 			x := make([]float64, cols) // the values rounded, for the message
 			for j := range x {
 				x[j] = row[j] * cs[j]
@@ -121,6 +126,51 @@ func (m *tensor) doraPut(r0, r1 int, v []float64, raw, dst []byte, acc *scratch)
 	return nil
 }
 
+// rowNorms sets n[o] to norm(row o of v), each a chain of additions in column order:
+// four rows at a time, whose chains are independent, so that the additions overlap
+// instead of waiting on each other.
+func rowNorms(n, v []float64, cols int) []float64 {
+	o := 0
+	for ; o+4 <= len(n); o += 4 {
+		a := v[o*cols : (o+1)*cols]
+		b := v[(o+1)*cols : (o+2)*cols][:len(a)]
+		c := v[(o+2)*cols : (o+3)*cols][:len(a)]
+		d := v[(o+3)*cols : (o+4)*cols][:len(a)]
+		var sa, sb, sc, sd float64
+		for j, x := range a {
+			sa += float64(x * x)
+			sb += float64(b[j] * b[j])
+			sc += float64(c[j] * c[j])
+			sd += float64(d[j] * d[j])
+		}
+		n[o], n[o+1], n[o+2], n[o+3] = math.Sqrt(sa), math.Sqrt(sb), math.Sqrt(sc), math.Sqrt(sd)
+	}
+	for ; o < len(n); o++ {
+		n[o] = norm(v[o*cols : (o+1)*cols])
+	}
+	return n
+}
+
+// roundArgs is a row of DoRA's values for the round kernels (fused_amd64.s, generated
+// by roundKernels): for each group of 8, x·scale rounded to the output as putRow's fast
+// path does, and a byte of flags with the bits of the elements it cannot round so,
+// which putRow then rounds by put. k holds the kernel's constants, each in 8 lanes.
+type roundArgs struct {
+	dst      *byte
+	x, scale *float64
+	flags    *uint8
+	groups   int
+	any      int
+	k        [8][8]uint32
+}
+
+// roundConstants are roundArgs.k for each output kind (see roundKernels).
+var roundConstants = [3][8]uint32{
+	{0x8000, 0xffff, 0x7f80},
+	{0x7fffffff, 0x387fffff, 0x477fe000, 0x1fff, 0x1000},
+	{0x7f800000},
+}
+
 // putRow writes x[j]·scale[j] for each j, rounded once to the output dtype as format.put
 // does, with NaN as the dtype's default quiet NaN, whose bits, unlike a propagated
 // payload's, do not depend on the order of a multiplication's operands. It reports
@@ -129,8 +179,31 @@ func (m *tensor) doraPut(r0, r1 int, v []float64, raw, dst []byte, acc *scratch)
 // Rounding to float32 first is the correct rounding to a 16-bit format unless the
 // float32 lands exactly on one of its rounding boundaries (x on a tie, or rounded onto
 // one), or is outside its normal range: those go through put.
-func (m *tensor) putRow(dst []byte, x, scale []float64) bool {
+func (m *tensor) putRow(dst []byte, x, scale []float64, acc *scratch) bool {
 	ok := true
+	osz := size(m.t.DType)
+	if run := m.roundKernel(); run != nil && len(x) >= 8 {
+		n := len(x) &^ 7
+		flags := acc.flagBytes(n / 8)
+		if acc.round == nil {
+			acc.round = new(roundArgs)
+		}
+		a := acc.round
+		a.dst, a.x, a.scale, a.flags, a.groups = &dst[0], &x[0], &scale[0], &flags[0], n/8
+		for i, c := range roundConstants[kind(m.t.DType)] {
+			a.k[i] = splat8(c)
+		}
+		run(a)
+		if a.any != 0 {
+			for g, f := range flags {
+				for ; f != 0; f &= f - 1 {
+					j := g*8 + bits.TrailingZeros8(f)
+					ok = m.putSlow(dst[j*osz:], x[j]*scale[j]) && ok
+				}
+			}
+		}
+		dst, x, scale = dst[n*osz:], x[n:], scale[n:]
+	}
 	switch m.t.DType {
 	case safetensors.BF16:
 		dst = dst[:2*len(x)]
@@ -175,6 +248,14 @@ func (m *tensor) putRow(dst []byte, x, scale []float64) bool {
 		}
 	}
 	return ok
+}
+
+// roundKernel is the kernel's round form for the output, or nil.
+func (m *tensor) roundKernel() func(*roundArgs) {
+	if m.kern.round == nil || (m.t.DType == safetensors.F16 && !m.kern.f16) {
+		return nil
+	}
+	return m.kern.round[kind(m.t.DType)]
 }
 
 // putSlow rounds one value by format.put, NaN as the default quiet NaN, and reports

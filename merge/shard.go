@@ -273,6 +273,7 @@ type scratch struct {
 	bound   []float64
 	thr     []uint32
 	args    *fusedArgs
+	round   *roundArgs
 }
 
 func (s *scratch) values(n int) []float64       { s.v = grow(s.v, n); return s.v[:n] }
