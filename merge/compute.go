@@ -281,18 +281,9 @@ func (m *tensor) columnScale(jobs int, pool *sync.Pool) func() ([]float64, error
 					if err != nil {
 						return err
 					}
-					v := acc.values((r1 - r0) * m.cols)
-					if err := m.doraValues(r0, r1, raw, v, acc); err != nil {
-						return err
-					}
 					part := parts[k]
 					clear(part)
-					for o := 0; o < r1-r0; o++ {
-						for j, x := range v[o*m.cols : (o+1)*m.cols] {
-							part[j] += float64(x * x)
-						}
-					}
-					return nil
+					return m.columnSums(r0, r1, raw, part, acc)
 				})
 			}
 			if err := eg.Wait(); err != nil {

@@ -48,20 +48,9 @@ func (m *tensor) doraValues(r0, r1 int, raw []byte, v []float64, acc *scratch) e
 		return err
 	}
 	rows, cols, rank, width := r1-r0, m.cols, d.Rank, m.cols&^7
-	L := packRows(acc.packed(rows*rank), f.L[r0*rank:r1*rank], rows, rank, 1)
-	if acc.args == nil {
-		acc.args = new(fusedArgs)
-	}
-	a := acc.args
 	isz := size(m.t.Source.DType)
-	*a = fusedArgs{
-		out: (*byte)(unsafe.Pointer(&v[0])), in: &raw[0], L: &L[0], R: &f.strips[0],
-		rows: rows, rank: rank, width: width, strips: width / 8,
-		panel: max(8, 2048/rank&^7),
-		inRow: cols * isz, outRow: cols * 8, inSize: isz, outSize: 8,
-		scale: d.Scale,
-	}
-	run(a)
+	m.valueArgs(r0, r1, f, raw, (*byte)(unsafe.Pointer(&v[0])), cols*8, acc)
+	run(acc.args)
 	if width < cols {
 		n := cols - width
 		p := acc.f64(rows * n)
@@ -76,6 +65,68 @@ func (m *tensor) doraValues(r0, r1 int, raw []byte, v []float64, acc *scratch) e
 		}
 	}
 	return m.fixedValues(r0, r1, v, 1, acc)
+}
+
+// columnSums adds V[o, j]² for the rows [r0, r1) in order to part[j], as a sum of
+// squares each rounded: by a kernel's sums form where the tensor has one delta, which
+// keeps V out of memory, else from doraValues.
+func (m *tensor) columnSums(r0, r1 int, raw []byte, part []float64, acc *scratch) error {
+	rows, cols := r1-r0, m.cols
+	v := acc.values(rows * cols)
+	run := m.doraKernel()
+	if run == nil || len(m.t.Deltas) > 1 || m.kern.sums == nil {
+		if err := m.doraValues(r0, r1, raw, v, acc); err != nil {
+			return err
+		}
+		for o := 0; o < rows; o++ {
+			for j, x := range v[o*cols : (o+1)*cols] {
+				part[j] += float64(x * x)
+			}
+		}
+		return nil
+	}
+	d := &m.t.Deltas[0]
+	f, err := m.delta(0)
+	if err != nil {
+		return err
+	}
+	rank, width := d.Rank, cols&^7
+	m.valueArgs(r0, r1, f, raw, (*byte)(unsafe.Pointer(&part[0])), 0, acc)
+	m.kern.sums[kind(m.t.Source.DType)](acc.args)
+	if width < cols {
+		n := cols - width
+		p := acc.f64(rows * n)
+		accumulateCols(p, n, f.L[r0*rank:r1*rank], f.R, rows, cols, rank, width, cols)
+		w := acc.base(n)
+		isz := size(m.t.Source.DType)
+		for o := 0; o < rows; o++ {
+			decodeRow(m.t.Source.DType, w, raw[(o*cols+width)*isz:(o+1)*cols*isz])
+			for j, x := range p[o*n : (o+1)*n] {
+				y := w[j] + float64(d.Scale*x)
+				part[width+j] += float64(y * y)
+			}
+		}
+	}
+	return nil
+}
+
+// valueArgs sets acc.args for a kernel's V or sums form on rows [r0, r1), writing out,
+// outRow bytes a row.
+func (m *tensor) valueArgs(r0, r1 int, f *factors, raw []byte, out *byte, outRow int, acc *scratch) {
+	d := &m.t.Deltas[0]
+	rows, cols, rank, width := r1-r0, m.cols, d.Rank, m.cols&^7
+	L := packRows(acc.packed(rows*rank), f.L[r0*rank:r1*rank], rows, rank, 1)
+	if acc.args == nil {
+		acc.args = new(fusedArgs)
+	}
+	isz := size(m.t.Source.DType)
+	*acc.args = fusedArgs{
+		out: out, in: &raw[0], L: &L[0], R: &f.strips[0],
+		rows: rows, rank: rank, width: width, strips: width / 8,
+		panel: max(8, 2048/rank&^7),
+		inRow: cols * isz, outRow: outRow, inSize: isz, outSize: 8,
+		scale: d.Scale,
+	}
 }
 
 // doraPut rescales V, rows [r0, r1) in v, to the trained magnitudes, per row (Linear) or

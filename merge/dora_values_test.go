@@ -50,14 +50,15 @@ func doraWeight(tb testing.TB, kernel string, dt safetensors.DType, rows, cols i
 	return nil
 }
 
-// TestDoRAValues: the fused V forms compute DoRA's V = W + s·(L·R) bit for bit as the
-// Go path does (a block of products, then v += s·p), which the output bytes alone could
-// not show: a unit of float64 in V almost never moves its rounding.
+// TestDoRAValues: the fused V forms compute DoRA's V = W + s·(L·R), and the sums forms
+// the column sums of V², bit for bit as the Go path does (a block of products, then
+// v += s·p, then the squares added row by row), which the output bytes alone could not
+// show: a unit of float64 in V or a norm almost never moves a rounding.
 func TestDoRAValues(t *testing.T) {
 	for _, dt := range []safetensors.DType{safetensors.BF16, safetensors.F16, safetensors.F32} {
 		for _, sh := range [][3]int{{13, 99, 16}, {40, 64, 3}, {7, 17, 31}, {6, 8, 1}} {
 			rows, cols, rank := sh[0], sh[1], sh[2]
-			var want []float64
+			var want, wantSums []float64
 			for _, name := range Kernels() {
 				m := doraWeight(t, name, dt, int64(rows), int64(cols), rank)
 				if name != KernelGo && m.doraKernel() == nil {
@@ -72,9 +73,19 @@ func TestDoRAValues(t *testing.T) {
 				if err := m.doraValues(0, rows, raw, v, acc); err != nil {
 					t.Fatal(err)
 				}
+				sums := make([]float64, cols)
+				if err := m.columnSums(0, rows, raw, sums, acc); err != nil {
+					t.Fatal(err)
+				}
 				if want == nil {
-					want = v
+					want, wantSums = v, sums
 					continue
+				}
+				for j := range sums {
+					if math.Float64bits(sums[j]) != math.Float64bits(wantSums[j]) {
+						t.Fatalf("%s %s (%d, %d) rank %d: column sum %d = %v, %s gives %v", name, dt, rows, cols, rank,
+							j, sums[j], Kernels()[0], wantSums[j])
+					}
 				}
 				for i := range v {
 					if math.Float64bits(v[i]) != math.Float64bits(want[i]) {

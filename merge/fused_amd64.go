@@ -14,6 +14,9 @@ var fusedAVX2 = [3][3]func(*fusedArgs){
 // fusedVAVX2 holds the AVX2 kernels for DoRA's V by input kind.
 var fusedVAVX2 = [3]func(*fusedArgs){fusedBF16toF64, fusedF16toF64, fusedF32toF64}
 
+// fusedSAVX2 holds the AVX2 kernels for DoRA's column sums by input kind.
+var fusedSAVX2 = [3]func(*fusedArgs){fusedBF16toSq, fusedF16toSq, fusedF32toSq}
+
 // fusedAVX512 holds the AVX-512 kernels by input and output kind (see kind).
 var fusedAVX512 = [3][3]func(*fusedArgs){
 	{fused512BF16toBF16, fused512BF16toF16, fused512BF16toF32},
@@ -23,6 +26,9 @@ var fusedAVX512 = [3][3]func(*fusedArgs){
 
 // fusedVAVX512 holds the AVX-512 kernels for DoRA's V by input kind.
 var fusedVAVX512 = [3]func(*fusedArgs){fused512BF16toF64, fused512F16toF64, fused512F32toF64}
+
+// fusedSAVX512 holds the AVX-512 kernels for DoRA's column sums by input kind.
+var fusedSAVX512 = [3]func(*fusedArgs){fused512BF16toSq, fused512F16toSq, fused512F32toSq}
 
 //go:noescape
 func fusedBF16toBF16(a *fusedArgs)
@@ -37,6 +43,9 @@ func fusedBF16toF32(a *fusedArgs)
 func fusedBF16toF64(a *fusedArgs)
 
 //go:noescape
+func fusedBF16toSq(a *fusedArgs)
+
+//go:noescape
 func fusedF16toBF16(a *fusedArgs)
 
 //go:noescape
@@ -47,6 +56,9 @@ func fusedF16toF32(a *fusedArgs)
 
 //go:noescape
 func fusedF16toF64(a *fusedArgs)
+
+//go:noescape
+func fusedF16toSq(a *fusedArgs)
 
 //go:noescape
 func fusedF32toBF16(a *fusedArgs)
@@ -61,6 +73,9 @@ func fusedF32toF32(a *fusedArgs)
 func fusedF32toF64(a *fusedArgs)
 
 //go:noescape
+func fusedF32toSq(a *fusedArgs)
+
+//go:noescape
 func fused512BF16toBF16(a *fusedArgs)
 
 //go:noescape
@@ -71,6 +86,9 @@ func fused512BF16toF32(a *fusedArgs)
 
 //go:noescape
 func fused512BF16toF64(a *fusedArgs)
+
+//go:noescape
+func fused512BF16toSq(a *fusedArgs)
 
 //go:noescape
 func fused512F16toBF16(a *fusedArgs)
@@ -85,6 +103,9 @@ func fused512F16toF32(a *fusedArgs)
 func fused512F16toF64(a *fusedArgs)
 
 //go:noescape
+func fused512F16toSq(a *fusedArgs)
+
+//go:noescape
 func fused512F32toBF16(a *fusedArgs)
 
 //go:noescape
@@ -95,6 +116,9 @@ func fused512F32toF32(a *fusedArgs)
 
 //go:noescape
 func fused512F32toF64(a *fusedArgs)
+
+//go:noescape
+func fused512F32toSq(a *fusedArgs)
 
 // roundAVX2 holds the kernels that round DoRA's values, by output kind.
 var roundAVX2 = [3]func(*roundArgs){roundBF16, roundF16, roundF32}

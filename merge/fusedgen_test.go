@@ -55,6 +55,10 @@ func (isa fusedISA) kernel(in, out fusedKind) string { return isa.prefix + in.na
 // valueKind is the output of the kernels for DoRA: V = W + s·(L·R) in float64, unrounded.
 var valueKind = fusedKind{"F64", 8, 0}
 
+// sumKind is the output of the kernels for DoRA's column norms: Σ V[o, j]² over the
+// rows in order, added into a row of float64 sums (outRow 0), V not kept.
+var sumKind = fusedKind{"Sq", 8, 0}
+
 // fusedSource writes one AVX2 kernel for each pair of input and output element types,
 // and their Go declarations.
 func fusedSource() (asm, decl []byte) {
@@ -144,10 +148,18 @@ func fusedSource() (asm, decl []byte) {
 			fmt.Fprintf(&d, "%s", isa.kernel(in, valueKind))
 		}
 		fmt.Fprintf(&d, "}\n")
+		fmt.Fprintf(&d, "\n// fusedS%s holds the %s kernels for DoRA's column sums by input kind.\nvar fusedS%s = [3]func(*fusedArgs){", isa.name, isa.doc, isa.name)
+		for i, in := range fusedKinds {
+			if i > 0 {
+				fmt.Fprintf(&d, ", ")
+			}
+			fmt.Fprintf(&d, "%s", isa.kernel(in, sumKind))
+		}
+		fmt.Fprintf(&d, "}\n")
 	}
 	for _, isa := range fusedISAs {
 		for _, in := range fusedKinds {
-			for _, out := range append(fusedKinds[:], valueKind) {
+			for _, out := range append(fusedKinds[:], valueKind, sumKind) {
 				name := isa.kernel(in, out)
 				fmt.Fprintf(&d, "\n//go:noescape\nfunc %s(a *fusedArgs)\n", name)
 				fusedKernel(w, name, in, out, isa.wide)
@@ -208,10 +220,14 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind, wide bo
 	w("\tADDQ  A_FLAGS(DI), AX")
 	w("\tMOVQ  AX, R10")
 	switch {
-	case out == valueKind:
-		epilogueV(w, in)
+	case (out == valueKind || out == sumKind) && wide:
+		epilogueV512(w, in, out == sumKind)
+	case out == valueKind || out == sumKind:
+		epilogueV(w, in, out == sumKind)
 	case out.size == 2:
-		epilogue16(w, in, out)
+		epilogue16(w, in, out, wide)
+	case wide:
+		epilogue64w(w, in, out)
 	default:
 		epilogue64(w, in, out)
 	}
@@ -236,12 +252,12 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind, wide bo
 	w("\tMOVQ R14, A_ANY(DI)")
 	w("\tVZEROUPPER")
 	w("\tRET")
-	if out == valueKind {
+	if out == valueKind || out == sumKind {
 		return // nothing to flag
 	}
 	w("")
 	w("flag:")
-	if out.size == 2 {
+	if out.size == 2 || wide {
 		w("\tXORQ $0xff, AX")
 	} else {
 		w("\tVMOVMSKPD Y1, AX")
@@ -257,7 +273,7 @@ func fusedKernel(w func(string, ...any), name string, in, out fusedKind, wide bo
 
 // epilogue16 writes a row of 8 elements of a 16-bit output, testing them in float32
 // (see the comment at the top of the generated file).
-func epilogue16(w func(string, ...any), in, out fusedKind) {
+func epilogue16(w func(string, ...any), in, out fusedKind, wide bool) {
 	w("\tMOVQ  A_THR(DI), R11")
 	w("\tLEAQ  (R11)(R13*4), R11")
 	w("\tMOVQ  R8, R9")
@@ -271,12 +287,18 @@ func epilogue16(w func(string, ...any), in, out fusedKind) {
 	w("")
 	w("row:")
 	w("\tVPBROADCASTD (R11), Y10")
-	decode(w, in, "X7")
-	w("\tVADDPD      (R15), Y0, Y0")
-	w("\tVADDPD      32(R15), Y4, Y4")
-	w("\tVCVTPD2PSY  Y0, X0")
-	w("\tVCVTPD2PSY  Y4, X4")
-	w("\tVINSERTF128 $1, X4, Y0, Y0")
+	if wide {
+		decode512(w, in)
+		w("\tVADDPD    (R15), Z0, Z0")
+		w("\tVCVTPD2PS Z0, Y0")
+	} else {
+		decode(w, in, "X7")
+		w("\tVADDPD      (R15), Y0, Y0")
+		w("\tVADDPD      32(R15), Y4, Y4")
+		w("\tVCVTPD2PSY  Y0, X0")
+		w("\tVCVTPD2PSY  Y4, X4")
+		w("\tVINSERTF128 $1, X4, Y0, Y0")
+	}
 	w("\tVPAND       Y8, Y0, Y1")
 	w("\tVPCMPGTD    Y10, Y1, Y2")
 	w("\tVPCMPGTD    Y1, Y9, Y3")
@@ -356,7 +378,10 @@ func epilogue64(w func(string, ...any), in, out fusedKind) {
 
 // epilogueV writes a row of 8 elements of V = W + s·p, p the product of unscaled L, in
 // float64: DoRA's values, in the order fixedValues computes them.
-func epilogueV(w func(string, ...any), in fusedKind) {
+//
+// With sum, it adds V² to the sums at DX instead, as the Go path does (a square, then a
+// sum, each rounded): the rows of a column come in order, so the sums do too.
+func epilogueV(w func(string, ...any), in fusedKind, sum bool) {
 	w("\tMOVQ  R8, R9")
 	w("\tVBROADCASTSD A_SCALE(DI), Y13")
 	w("")
@@ -366,6 +391,12 @@ func epilogueV(w func(string, ...any), in fusedKind) {
 	w("\tVMULPD  32(R15), Y13, Y5")
 	w("\tVADDPD  Y1, Y0, Y0")
 	w("\tVADDPD  Y5, Y4, Y4")
+	if sum {
+		w("\tVMULPD  Y0, Y0, Y0")
+		w("\tVMULPD  Y4, Y4, Y4")
+		w("\tVADDPD  (DX), Y0, Y0")
+		w("\tVADDPD  32(DX), Y4, Y4")
+	}
 	w("\tVMOVUPD Y0, (DX)")
 	w("\tVMOVUPD Y4, 32(DX)")
 }
@@ -459,6 +490,89 @@ func product512(w func(string, ...any)) {
 	w("\tJNZ  singlek")
 	w("\tVMOVUPD Z0, A_TMP(DI)")
 	w("\tMOVQ $1, R8")
+}
+
+// epilogueV512 is epilogueV for the AVX-512 kernels: the row's 8 products are one
+// register, as they were stored.
+func epilogueV512(w func(string, ...any), in fusedKind, sum bool) {
+	w("\tMOVQ  R8, R9")
+	w("\tVBROADCASTSD A_SCALE(DI), Z13")
+	w("")
+	w("row:")
+	decode512(w, in)
+	w("\tVMULPD  (R15), Z13, Z1")
+	w("\tVADDPD  Z1, Z0, Z0")
+	if sum {
+		w("\tVMULPD  Z0, Z0, Z0")
+		w("\tVADDPD  (DX), Z0, Z0")
+	}
+	w("\tVMOVUPD Z0, (DX)")
+}
+
+// epilogue64w is epilogue64 for the AVX-512 kernels: the same tests on one register of 8
+// float64s, into a mask (K1) whose bits are the elements that pass.
+func epilogue64w(w func(string, ...any), in, out fusedKind) {
+	w("\tMOVQ  A_BOUND(DI), R11")
+	w("\tLEAQ  (R11)(R13*8), R11")
+	w("\tMOVQ  R8, R9")
+	w("\tVPBROADCASTQ A_MAXFINITE(DI), Z8")
+	w("\tVPBROADCASTQ A_MINNORMAL(DI), Z9")
+	w("\tVPBROADCASTQ A_HALFM1(DI), Z11")
+	w("\tVPBROADCASTQ A_HALF(DI), Z12")
+	w("\tVBROADCASTSD A_C1(DI), Z13")
+	w("\tVPTERNLOGQ   $0xff, Z15, Z15, Z15")
+	w("\tVPSLLQ       $63, Z15, Z15")
+	w("")
+	w("row:")
+	w("\tVBROADCASTSD (R11), Z10")
+	decode512(w, in)
+	w("\tVADDPD      (R15), Z0, Z0") // v
+	w("\tVPANDNQ     Z0, Z15, Z1")   // |v|
+	w("\tVMOVAPD     Z1, Z2")
+	w("\tVFMADD213PD Z10, Z13, Z2")   // e
+	w("\tVSUBPD      Z2, Z1, Z3")     // low
+	w("\tVADDPD      Z2, Z1, Z2")     // high
+	w("\tVPCMPGTQ    Z9, Z3, K1")     // low above the smallest normal, less one
+	w("\tVPCMPGTQ    Z2, Z8, K1, K1") // high below the largest finite, plus half
+	w("\tVPADDQ      Z11, Z3, Z3")
+	w("\tVPADDQ      Z12, Z2, Z2")
+	w("\tVPXORQ      Z2, Z3, Z3")
+	w("\tVPSRLQ      $%d, Z3, Z3", out.drop)
+	w("\tVPTESTNMQ   Z3, Z3, K1, K1") // the ends agree above bit drop
+	w("\tKMOVW       K1, AX")
+	w("\tCMPQ        AX, $0xff")
+	w("\tJNE         flag")
+	w("")
+	w("flagged:")
+	w("\tVCVTPD2PS Z0, Y0")
+	switch out.name {
+	case "BF16":
+		w("\tVPADDD       A_ROUND(DI), Y0, Y0")
+		w("\tVPSRLD       $16, Y0, Y0")
+		w("\tVEXTRACTI128 $1, Y0, X4")
+		w("\tVPACKUSDW    X4, X0, X0")
+		w("\tVMOVDQU      X0, (DX)")
+	case "F16":
+		w("\tVCVTPS2PH $0, Y0, (DX)")
+	case "F32":
+		w("\tVMOVUPS Y0, (DX)")
+	}
+	w("\tADDQ $8, R11")
+}
+
+// decode512 reads 8 elements at SI into Z0 as float64s.
+func decode512(w func(string, ...any), k fusedKind) {
+	switch k.name {
+	case "BF16":
+		w("\tVPMOVZXWD (SI), Y0")
+		w("\tVPSLLD    $16, Y0, Y0")
+		w("\tVCVTPS2PD Y0, Z0")
+	case "F16":
+		w("\tVCVTPH2PS (SI), Y0")
+		w("\tVCVTPS2PD Y0, Z0")
+	case "F32":
+		w("\tVCVTPS2PD (SI), Z0")
+	}
 }
 
 // productPointers sets AX to the strip of R at j0, BX to L at row o, CX to the rank.

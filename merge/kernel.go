@@ -34,6 +34,7 @@ type kernel struct {
 	product func(acc, L, R []float64, rows, cols, r int)
 	fused   *[3][3]func(*fusedArgs) // by input and output kind
 	value   *[3]func(*fusedArgs)    // DoRA's V in float64, by input kind
+	sums    *[3]func(*fusedArgs)    // DoRA's column sums of V², by input kind
 	round   *[3]func(*roundArgs)    // DoRA's rescaled values rounded, by output kind
 	f16     bool                    // the fused forms for F16 can run
 }
@@ -80,9 +81,9 @@ func kernelFor(name string) (kernel, error) {
 	}
 	switch name {
 	case KernelAVX2:
-		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, value: &fusedVAVX2, round: &roundAVX2, f16: hasF16C()}, nil
+		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, value: &fusedVAVX2, sums: &fusedSAVX2, round: &roundAVX2, f16: hasF16C()}, nil
 	case KernelAVX512:
-		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX512, value: &fusedVAVX512, round: &roundAVX2, f16: hasF16C()}, nil
+		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX512, value: &fusedVAVX512, sums: &fusedSAVX512, round: &roundAVX2, f16: hasF16C()}, nil
 	}
 	return kernel{name: name, product: accumulateGo}, nil
 }

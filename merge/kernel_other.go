@@ -19,3 +19,5 @@ var fusedAVX512 [3][3]func(*fusedArgs)
 var fusedVAVX512 [3]func(*fusedArgs)
 
 var roundAVX2 [3]func(*roundArgs)
+
+var fusedSAVX2, fusedSAVX512 [3]func(*fusedArgs)
