@@ -72,9 +72,8 @@ func (m *tensor) doraValues(r0, r1 int, raw []byte, v []float64, acc *scratch) e
 // keeps V out of memory, else from doraValues.
 func (m *tensor) columnSums(r0, r1 int, raw []byte, part []float64, acc *scratch) error {
 	rows, cols := r1-r0, m.cols
-	v := acc.values(rows * cols)
-	run := m.doraKernel()
-	if run == nil || len(m.t.Deltas) > 1 || m.kern.sums == nil {
+	if m.doraKernel() == nil || len(m.t.Deltas) > 1 || m.kern.sums == nil {
+		v := acc.values(rows * cols)
 		if err := m.doraValues(r0, r1, raw, v, acc); err != nil {
 			return err
 		}

@@ -71,6 +71,17 @@
 // R[k, j0:j0+8], Y14 L[o, k], Y15 -0. Epilogue: SI DX the row in the input and output,
 // R15 its products in tmp, R10 its flags, R11 its bound or threshold, R9 the rows left,
 // Y0-Y7 the row's values, Y8-Y15 constants (see each epilogue).
+//
+// The AVX-512 kernels (fused512*) keep this structure: a strip of a row is one Z
+// register, six accumulators Z0-Z5 each take L[o, k] broadcast from memory in the
+// fused multiply-add (Z12 R[k, j0:j0+8], Z15 -0), and the epilogues work on one
+// register of 8 (the float32 output's tests into the mask K1); the chains and the
+// tests are the same, so the bytes are too.
+//
+// The kernels to F64 compute DoRA's V = W + s·p, L unscaled and s = a.scale, into a
+// float64 block; those to Sq add V² to a row of sums (outRow 0): the rows of a column
+// come in order, so the sums are those of the Go path. Neither flags anything. The round
+// kernels, after these, round DoRA's rescaled values (see roundArgs).
 
 // func fusedBF16toBF16(a *fusedArgs)
 TEXT ·fusedBF16toBF16(SB), NOSPLIT, $0-8

@@ -10,14 +10,9 @@ func accumulateAVX2(acc, L, R []float64, rows, cols, r int) { accumulateGo(acc, 
 
 func hasF16C() bool { return false }
 
-var fusedAVX2 [3][3]func(*fusedArgs) // none
-
-var fusedVAVX2 [3]func(*fusedArgs)
-
-var fusedAVX512 [3][3]func(*fusedArgs)
-
-var fusedVAVX512 [3]func(*fusedArgs)
-
-var roundAVX2 [3]func(*roundArgs)
-
-var fusedSAVX2, fusedSAVX512 [3]func(*fusedArgs)
+// No assembly here: the tables are empty, and the kernels named for them are refused.
+var (
+	fusedAVX2, fusedAVX512                             [3][3]func(*fusedArgs)
+	fusedVAVX2, fusedVAVX512, fusedSAVX2, fusedSAVX512 [3]func(*fusedArgs)
+	roundAVX2                                          [3]func(*roundArgs)
+)
