@@ -6,8 +6,6 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
-
-	"github.com/hfmerge/hfmerge/mergeplan"
 )
 
 // load reads delta i's matrices from the adapter and lays them out for the kernels.
@@ -65,7 +63,7 @@ func (m *tensor) load(i int) (*factors, int64, error) {
 			f.maxColNorm = max(f.maxColNorm, f.colNorm[j])
 		}
 		f.L, f.R = L, R
-		if m.fused && m.fusedKernel() != nil {
+		if m.packs(i) {
 			f.strips = pack(R, d.Rank, m.cols)
 		}
 	}
@@ -127,22 +125,16 @@ func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 	}
 	n := (r1 - r0) * m.cols
 	v := acc.values(n)
+	osz := size(m.t.DType)
+	if m.t.DoRA != nil {
+		if err := m.doraValues(r0, r1, raw, v, acc); err != nil {
+			return err
+		}
+		return m.doraPut(r0, r1, v, raw, dst, acc)
+	}
 	m.dec(v, raw)
 	if err := m.patchRows(r0, r1, v); err != nil {
 		return err
-	}
-	osz := size(m.t.DType)
-	if m.t.DoRA != nil {
-		if err := m.fixedValues(r0, r1, v, acc); err != nil {
-			return err
-		}
-		if err := m.doraScale(r0, r1, v); err != nil {
-			return err
-		}
-		for i, x := range v {
-			m.out.put(dst[i*osz:], x)
-		}
-		return m.checkFinite(r0, dst, raw, v)
 	}
 	w := acc.base(n)
 	copy(w, v)
@@ -222,54 +214,27 @@ func (m *tensor) addDeltas(r0, r1 int, v, e []float64, acc *scratch) error {
 	return nil
 }
 
-// fixedValues adds every delta to v by the fully specified float64 path, for DoRA.
-func (m *tensor) fixedValues(r0, r1 int, v []float64, acc *scratch) error {
-	for i, d := range m.t.Deltas {
+// fixedValues adds deltas from, from+1, ... to v by the fully specified float64 path, for
+// DoRA: v += s·p for each in turn, p as a kernel computes it. (The conversions keep the
+// compiler from fusing the multiply and the add, which would change the bits.)
+func (m *tensor) fixedValues(r0, r1 int, v []float64, from int, acc *scratch) error {
+	for i := from; i < len(m.t.Deltas); i++ {
+		d := &m.t.Deltas[i]
 		f, err := m.delta(i)
 		if err != nil {
 			return err
 		}
 		if d.Vector {
 			for j := range v {
-				v[j] += d.Scale * f.vec[j]
+				v[j] += float64(d.Scale * f.vec[j])
 			}
 			continue
 		}
 		a := acc.f64(len(v))
 		m.kern.product(a, f.L[r0*d.Rank:r1*d.Rank], f.R, r1-r0, m.cols, d.Rank)
 		for j, x := range a {
-			v[j] += d.Scale * x
+			v[j] += float64(d.Scale * x)
 		}
-	}
-	return nil
-}
-
-// doraScale rescales V to the trained magnitudes: per row (Linear) or per column over the
-// whole tensor (Conv1D, embeddings).
-func (m *tensor) doraScale(r0, r1 int, v []float64) error {
-	cols := m.cols
-	if m.t.DoRA.Axis == mergeplan.PerRow {
-		f, err := m.delta(0)
-		if err != nil {
-			return err
-		}
-		for o := r0; o < r1; o++ {
-			row := v[(o-r0)*cols : (o-r0+1)*cols]
-			if n := norm(row); n != 0 { // a zero row stays zero (PEFT would divide by zero)
-				scale := f.mag[o] / n
-				for j := range row {
-					row[j] *= scale
-				}
-			}
-		}
-		return nil
-	}
-	scale, err := m.colScale()
-	if err != nil {
-		return err
-	}
-	for i := range v {
-		v[i] *= scale[i%cols]
 	}
 	return nil
 }
@@ -277,7 +242,7 @@ func (m *tensor) doraScale(r0, r1 int, v []float64) error {
 func norm(x []float64) float64 {
 	var s float64
 	for _, v := range x {
-		s += v * v
+		s += float64(v * v)
 	}
 	return math.Sqrt(s)
 }
@@ -327,20 +292,9 @@ func (m *tensor) columnScale(jobs int, pool *sync.Pool) func() ([]float64, error
 					if err != nil {
 						return err
 					}
-					v := acc.values((r1 - r0) * m.cols)
-					m.dec(v, raw)
-					if err := m.patchRows(r0, r1, v); err != nil {
-						return err
-					}
-					if err := m.fixedValues(r0, r1, v, acc); err != nil {
-						return err
-					}
 					part := parts[k]
 					clear(part)
-					for i, x := range v {
-						part[i%m.cols] += x * x
-					}
-					return nil
+					return m.columnSums(r0, r1, raw, part, acc)
 				})
 			}
 			if err := eg.Wait(); err != nil {

@@ -7,18 +7,20 @@ import (
 
 	"github.com/x448/float16"
 
+	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
 
-// fusedBlock computes rows [r0, r1) of the common tensor: one low-rank delta, no trained
-// rows, no DoRA. Each element is W + s·(L·R), computed in float64 with a bound on its
+// fusedBlock computes rows [r0, r1) of the common tensor: low-rank deltas, no trained
+// rows, no DoRA. Each element is W + Σ s·(L·R), computed in float64 with a bound on its
 // error, and rounded at once unless the bound reaches a rounding boundary; the elements
-// it cannot settle are computed again (settle), exactly if need be.
+// it cannot settle are computed again (settle), exactly if need be. Several deltas are
+// one product of their summed rank (see chain).
 //
 // A kernel with fused forms does the columns it covers (all but the last cols mod 8)
 // in one pass that keeps the product out of memory; the Go loop does the rest.
 func (m *tensor) fusedBlock(r0, r1 int, raw, dst []byte, acc *scratch) error {
-	f, err := m.delta(0)
+	c, err := m.chain()
 	if err != nil {
 		return err
 	}
@@ -28,19 +30,52 @@ func (m *tensor) fusedBlock(r0, r1 int, raw, dst []byte, acc *scratch) error {
 		width = m.cols &^ 7
 	}
 	if width > 0 {
-		if err := m.fusedAsm(run, f, r0, r1, width, raw, dst, acc); err != nil {
+		if err := m.fusedAsm(run, c, r0, r1, width, raw, dst, acc); err != nil {
 			return err
 		}
 	}
 	if width < m.cols {
-		return m.fusedGo(f, r0, r1, width, raw, dst, acc)
+		return m.fusedGo(c, r0, r1, width, raw, dst, acc)
 	}
 	return nil
 }
 
+// lowRank reports whether every delta is a low-rank product (none a vector), so that
+// they can be one chain.
+func lowRank(ds []mergeplan.Delta) bool {
+	for _, d := range ds {
+		if d.Vector {
+			return false
+		}
+	}
+	return len(ds) > 0
+}
+
+// rank is the summed rank of the tensor's deltas.
+func (m *tensor) rank() int {
+	r := 0
+	for _, d := range m.t.Deltas {
+		r += d.Rank
+	}
+	return r
+}
+
+// packs reports whether delta i's R is packed into strips as it is loaded: for a fused
+// kernel that takes the delta as it is, the only delta of a fused tensor or the first of
+// a DoRA tensor (see doraKernel). Several deltas are packed as one (concat).
+func (m *tensor) packs(i int) bool {
+	if i != 0 {
+		return false
+	}
+	if m.fused {
+		return len(m.t.Deltas) == 1 && m.fusedKernel() != nil
+	}
+	return m.doraKernel() != nil
+}
+
 // fusedKernel is the kernel's fused form for this tensor's types, or nil.
 func (m *tensor) fusedKernel() func(*fusedArgs) {
-	if m.kern.fused == nil || m.t.Deltas[0].Rank < 1 { // the kernels' loops need a rank
+	if m.kern.fused == nil || m.rank() < 1 { // the kernels' loops need a rank
 		return nil
 	}
 	in, out := m.t.Source.DType, m.t.DType
@@ -48,6 +83,73 @@ func (m *tensor) fusedKernel() func(*fusedArgs) {
 		return nil
 	}
 	return m.kern.fused[kind(in)][kind(out)]
+}
+
+// chain is the product the fused path computes, Σₖ L[o,k]·R[k,j] scaled: one delta's
+// factors and scale, or several low-rank deltas concatenated along the rank, s_k·L_k
+// side by side in L (rounded: pre is that relative error, 2⁻⁵³) and the R_k one under
+// the other in R, with scale 1. Either way f's norms bound Σ|L·R| for the product as
+// computed, so one bound, for the summed rank, covers every delta.
+type chain struct {
+	f     *factors
+	scale float64
+	pre   float64
+}
+
+// concatDelta is the factor cache's key for a tensor's concatenated deltas.
+const concatDelta = -1
+
+func (m *tensor) chain() (chain, error) {
+	if len(m.t.Deltas) == 1 {
+		f, err := m.delta(0)
+		return chain{f: f, scale: m.t.Deltas[0].Scale}, err
+	}
+	f, err := m.factors.get(factorKey{m.t.Name, concatDelta}, m.concat)
+	return chain{f: f, scale: 1, pre: 0x1p-53}, err
+}
+
+// concat lays the deltas out as one of summed rank (see chain).
+func (m *tensor) concat() (*factors, int64, error) {
+	rank, rows, cols := m.rank(), m.rows, m.cols
+	c := &factors{rank: rank, cols: cols, L: make([]float64, rows*rank), R: make([]float64, 0, rank*cols)}
+	off := 0
+	for i, d := range m.t.Deltas {
+		f, err := m.delta(i)
+		if err != nil {
+			return nil, 0, err
+		}
+		for o := 0; o < rows; o++ {
+			for k, x := range f.L[o*d.Rank : (o+1)*d.Rank] {
+				c.L[o*rank+off+k] = d.Scale * x
+			}
+		}
+		c.R = append(c.R, f.R[:d.Rank*cols]...)
+		off += d.Rank
+	}
+	// The norms of the rounded s·L bound those of the exact ones: the margin of
+	// (1 + 2⁻⁴⁰) is far above a rounding's 2⁻⁵³.
+	c.rowNorm = make([]float64, rows)
+	for o := range c.rowNorm {
+		var n float64
+		for _, x := range c.L[o*rank : (o+1)*rank] {
+			n += x * x
+		}
+		c.rowNorm[o] = math.Sqrt(n) * (1 + 0x1p-40)
+	}
+	c.colNorm = make([]float64, cols)
+	for k := 0; k < rank; k++ {
+		for j, x := range c.R[k*cols : (k+1)*cols] {
+			c.colNorm[j] += x * x
+		}
+	}
+	for j, x := range c.colNorm {
+		c.colNorm[j] = math.Sqrt(x) * (1 + 0x1p-40)
+		c.maxColNorm = max(c.maxColNorm, c.colNorm[j])
+	}
+	if m.fusedKernel() != nil {
+		c.strips = pack(c.R, rank, cols)
+	}
+	return c, int64(len(c.L)+len(c.R)+len(c.strips)+rows+cols) * 8, nil
 }
 
 // fusedArgs is a row block as the fused kernels read it (fused_amd64.s, which takes the
@@ -90,6 +192,8 @@ type fusedArgs struct {
 
 	tmp [48]float64 // the kernel's: products of a group of rows
 
+	scale float64 // for DoRA's V (the F64 outputs), whose L is unscaled
+
 	// For 16-bit outputs the test runs on v rounded to float32, x (see epilogue16 in
 	// fusedgen_test.go): x's bits without the sign must exceed thr[o] and stay below
 	// max32, and its low bits (low32) be more than tol32 from mid32.
@@ -112,21 +216,22 @@ func splat[T any](x T) [4]T { return [4]T{x, x, x, x} }
 func splat8[T any](x T) [8]T { return [8]T{x, x, x, x, x, x, x, x} }
 
 // fusedAsm runs a fused kernel on columns [0, width) and settles what it flags.
-func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, raw, dst []byte, acc *scratch) error {
-	d := &m.t.Deltas[0]
+func (m *tensor) fusedAsm(run func(*fusedArgs), c chain, r0, r1, width int, raw, dst []byte, acc *scratch) error {
+	f, rank := c.f, c.f.rank
 	rows, strips := r1-r0, width/8
 	flags := acc.flagBytes(rows * strips)
 	clear(flags) // the kernel writes only the rows it flags
-	L := packRows(acc.packed(rows*d.Rank), f.L[r0*d.Rank:r1*d.Rank], rows, d.Rank, d.Scale)
+	L := packRows(acc.packed(rows*rank), f.L[r0*rank:r1*rank], rows, rank, c.scale)
 	// The kernels take p = Σₖ fl(s·L[o,k])·R[k,j] for s·P: rounding s·L costs at most
 	// 2⁻⁵³·|s|·Σ|L·R|, and the chain γ·|s|·Σ|L·R|·(1 + 2⁻⁵³) (see gamma), both within
-	// |s|·maxColNorm·(γ + 2⁻⁵¹)·rowNorm; tiny covers underflow, of s·L too.
-	as := math.Abs(d.Scale)
-	c := as * f.maxColNorm * (gamma(d.Rank) + 0x1p-51)
-	tiny := as*float64(d.Rank+1)*0x1p-1000 + float64(d.Rank+1)*0x1p-1074*f.maxColNorm
+	// |s|·maxColNorm·(γ + 2⁻⁵¹)·rowNorm; tiny covers underflow, of s·L too. A chain of
+	// concatenated deltas (scale 1) has rounded its s·L already, at the same cost.
+	as := math.Abs(c.scale)
+	cb := as * f.maxColNorm * (gamma(rank) + 0x1p-51)
+	tiny := as*float64(rank+1)*0x1p-1000 + float64(rank+1)*0x1p-1074*f.maxColNorm
 	bound := acc.rowBounds(rows)
 	for o := range bound {
-		bound[o] = c*f.rowNorm[r0+o] + tiny
+		bound[o] = cb*f.rowNorm[r0+o] + tiny
 	}
 	fm := m.out
 	if acc.args == nil {
@@ -136,9 +241,9 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 	*a = fusedArgs{
 		out: &dst[0], in: &raw[0], L: &L[0], R: &f.strips[0],
 		bound: &bound[0], flags: &flags[0],
-		rows: rows, rank: d.Rank, width: width, strips: strips,
+		rows: rows, rank: rank, width: width, strips: strips,
 		// R's strips for 16 KiB, half the first-level data cache of current cores.
-		panel: max(8, 2048/d.Rank&^7),
+		panel: max(8, 2048/rank&^7),
 		inRow: m.cols * size(m.t.Source.DType), outRow: m.cols * size(m.t.DType),
 		inSize: size(m.t.Source.DType), outSize: size(m.t.DType),
 		c1:   splat(fm.relFloor + 0x1p-50),
@@ -178,7 +283,7 @@ func (m *tensor) fusedAsm(run func(*fusedArgs), f *factors, r0, r1, width int, r
 		}
 		for word := flags[i]; word != 0; word &= word - 1 {
 			o, j := i/strips, i%strips*8+bits.TrailingZeros8(word)
-			if err := m.settle(f, r0, o, j, raw, dst); err != nil {
+			if err := m.settle(&c, r0, o, j, raw, dst); err != nil {
 				return err
 			}
 		}
@@ -207,21 +312,20 @@ func packRows(dst, L []float64, rows, r int, s float64) []float64 {
 
 // fusedGo computes columns [j0, cols) in Go: the portable kernel, and the last columns,
 // which a fused kernel does not cover. Its bound is the product's for each element,
-// |s|·γ·‖L[o]‖₂·‖R[:, j]‖₂, plus the two float64 roundings (of s·acc and of the sum) and
-// underflow.
-func (m *tensor) fusedGo(f *factors, r0, r1, j0 int, raw, dst []byte, acc *scratch) error {
-	d := &m.t.Deltas[0]
+// |s|·γ·‖L[o]‖₂·‖R[:, j]‖₂ (see chain.bounds), plus the two float64 roundings (of s·acc
+// and of the sum) and underflow.
+func (m *tensor) fusedGo(c chain, r0, r1, j0 int, raw, dst []byte, acc *scratch) error {
+	f, rank := c.f, c.f.rank
 	rows, cols, n := r1-r0, m.cols, m.cols-j0
 	a := acc.f64(rows * n)
-	L := f.L[r0*d.Rank : r1*d.Rank]
+	L := f.L[r0*rank : r1*rank]
 	if j0 == 0 {
-		m.kern.product(a, L, f.R, rows, cols, d.Rank)
+		m.kern.product(a, L, f.R, rows, cols, rank)
 	} else {
-		accumulateCols(a, n, L, f.R, rows, cols, d.Rank, j0, cols)
+		accumulateCols(a, n, L, f.R, rows, cols, rank, j0, cols)
 	}
-	s := d.Scale
-	g := math.Abs(s) * gamma(d.Rank)
-	tiny := math.Abs(s) * float64(d.Rank) * 0x1p-1070
+	s := c.scale
+	g, under, tiny := c.bounds()
 	fm := m.out
 	isz, osz := size(m.t.Source.DType), size(m.t.DType)
 	w := acc.base(n)
@@ -230,7 +334,7 @@ func (m *tensor) fusedGo(f *factors, r0, r1, j0 int, raw, dst []byte, acc *scrat
 	var flagged []int
 	for o := 0; o < rows; o++ {
 		decodeRow(m.t.Source.DType, w, raw[(o*cols+j0)*isz:(o+1)*cols*isz])
-		eo := g * f.rowNorm[r0+o]
+		eo := g*f.rowNorm[r0+o] + under
 		p := a[o*n : (o+1)*n]
 		flagged = flagged[:0]
 		for j := range x {
@@ -262,25 +366,38 @@ func (m *tensor) fusedGo(f *factors, r0, r1, j0 int, raw, dst []byte, acc *scrat
 	return nil
 }
 
+// bounds gives the terms of the bound on the error of s·p, p = Σₖ L[o,k]·R[k,j] as a
+// chain of fused multiply-adds computes it: g·rowNorm[o]·colNorm[j] + under·colNorm[j]
+// + tiny. g is |s|·γ, and where L holds rounded s_k·L_k, 2·pre more, with under for
+// their underflow; tiny is the chain's underflow.
+func (c chain) bounds() (g, under, tiny float64) {
+	as, rank := math.Abs(c.scale), c.f.rank
+	g = as * (gamma(rank) + 2*c.pre)
+	if c.pre != 0 {
+		under = as * float64(rank) * 0x1p-1074
+	}
+	return g, under, as * float64(rank) * 0x1p-1070
+}
+
 // settle computes element (o, j) of the block at row r0 again and writes it: exactly,
-// in double-double; or, given the factors f, first as the Go kernel does, with the
+// in double-double; or, given the chain c, first as the Go kernel does, with the
 // tighter bound of its own element, which settles most of what the fused kernels'
 // coarser test for 16-bit outputs leaves, at a fraction of the exact cost.
-func (m *tensor) settle(f *factors, r0, o, j int, raw, dst []byte) error {
+func (m *tensor) settle(c *chain, r0, o, j int, raw, dst []byte) error {
 	isz, osz := size(m.t.Source.DType), size(m.t.DType)
 	i := o*m.cols + j
 	var w [1]float64
 	decodeRow(m.t.Source.DType, w[:], raw[i*isz:])
-	if f != nil {
-		d := &m.t.Deltas[0]
+	if c != nil {
+		f := c.f
 		p := math.Copysign(0, -1)
-		for k := 0; k < d.Rank; k++ {
+		for k := 0; k < f.rank; k++ {
 			p = math.FMA(f.l(r0+o, k), f.r(k, j), p)
 		}
-		t := d.Scale * p
+		t := c.scale * p
 		v := w[0] + t
-		e := math.Abs(d.Scale)*(gamma(d.Rank)*f.rowNorm[r0+o]*f.colNorm[j]+float64(d.Rank)*0x1p-1070) +
-			(math.Abs(t)+math.Abs(v))*0x1p-52
+		g, under, tiny := c.bounds()
+		e := (g*f.rowNorm[r0+o]+under)*f.colNorm[j] + tiny + (math.Abs(t)+math.Abs(v))*0x1p-52
 		if !m.out.near(v, e) {
 			m.out.fast(dst[i*osz:], v) // in the normal range: finite
 			return nil

@@ -4,12 +4,31 @@
 
 package merge
 
-// fusedAVX2 holds the fused kernels by input and output kind (see kind).
+// fusedAVX2 holds the AVX2 kernels by input and output kind (see kind).
 var fusedAVX2 = [3][3]func(*fusedArgs){
 	{fusedBF16toBF16, fusedBF16toF16, fusedBF16toF32},
 	{fusedF16toBF16, fusedF16toF16, fusedF16toF32},
 	{fusedF32toBF16, fusedF32toF16, fusedF32toF32},
 }
+
+// fusedVAVX2 holds the AVX2 kernels for DoRA's V by input kind.
+var fusedVAVX2 = [3]func(*fusedArgs){fusedBF16toF64, fusedF16toF64, fusedF32toF64}
+
+// fusedSAVX2 holds the AVX2 kernels for DoRA's column sums by input kind.
+var fusedSAVX2 = [3]func(*fusedArgs){fusedBF16toSq, fusedF16toSq, fusedF32toSq}
+
+// fusedAVX512 holds the AVX-512 kernels by input and output kind (see kind).
+var fusedAVX512 = [3][3]func(*fusedArgs){
+	{fused512BF16toBF16, fused512BF16toF16, fused512BF16toF32},
+	{fused512F16toBF16, fused512F16toF16, fused512F16toF32},
+	{fused512F32toBF16, fused512F32toF16, fused512F32toF32},
+}
+
+// fusedVAVX512 holds the AVX-512 kernels for DoRA's V by input kind.
+var fusedVAVX512 = [3]func(*fusedArgs){fused512BF16toF64, fused512F16toF64, fused512F32toF64}
+
+// fusedSAVX512 holds the AVX-512 kernels for DoRA's column sums by input kind.
+var fusedSAVX512 = [3]func(*fusedArgs){fused512BF16toSq, fused512F16toSq, fused512F32toSq}
 
 //go:noescape
 func fusedBF16toBF16(a *fusedArgs)
@@ -21,6 +40,12 @@ func fusedBF16toF16(a *fusedArgs)
 func fusedBF16toF32(a *fusedArgs)
 
 //go:noescape
+func fusedBF16toF64(a *fusedArgs)
+
+//go:noescape
+func fusedBF16toSq(a *fusedArgs)
+
+//go:noescape
 func fusedF16toBF16(a *fusedArgs)
 
 //go:noescape
@@ -30,6 +55,12 @@ func fusedF16toF16(a *fusedArgs)
 func fusedF16toF32(a *fusedArgs)
 
 //go:noescape
+func fusedF16toF64(a *fusedArgs)
+
+//go:noescape
+func fusedF16toSq(a *fusedArgs)
+
+//go:noescape
 func fusedF32toBF16(a *fusedArgs)
 
 //go:noescape
@@ -37,3 +68,66 @@ func fusedF32toF16(a *fusedArgs)
 
 //go:noescape
 func fusedF32toF32(a *fusedArgs)
+
+//go:noescape
+func fusedF32toF64(a *fusedArgs)
+
+//go:noescape
+func fusedF32toSq(a *fusedArgs)
+
+//go:noescape
+func fused512BF16toBF16(a *fusedArgs)
+
+//go:noescape
+func fused512BF16toF16(a *fusedArgs)
+
+//go:noescape
+func fused512BF16toF32(a *fusedArgs)
+
+//go:noescape
+func fused512BF16toF64(a *fusedArgs)
+
+//go:noescape
+func fused512BF16toSq(a *fusedArgs)
+
+//go:noescape
+func fused512F16toBF16(a *fusedArgs)
+
+//go:noescape
+func fused512F16toF16(a *fusedArgs)
+
+//go:noescape
+func fused512F16toF32(a *fusedArgs)
+
+//go:noescape
+func fused512F16toF64(a *fusedArgs)
+
+//go:noescape
+func fused512F16toSq(a *fusedArgs)
+
+//go:noescape
+func fused512F32toBF16(a *fusedArgs)
+
+//go:noescape
+func fused512F32toF16(a *fusedArgs)
+
+//go:noescape
+func fused512F32toF32(a *fusedArgs)
+
+//go:noescape
+func fused512F32toF64(a *fusedArgs)
+
+//go:noescape
+func fused512F32toSq(a *fusedArgs)
+
+// roundAVX2 holds the kernels that round DoRA's values, by output kind.
+var roundAVX2 = [3]func(*roundArgs){roundBF16, roundF16, roundF32}
+
+//go:noescape
+func roundBF16(a *roundArgs)
+
+//go:noescape
+func roundF16(a *roundArgs)
+
+//go:noescape
+func roundF32(a *roundArgs)

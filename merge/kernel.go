@@ -25,26 +25,34 @@ func gamma(r int) float64 {
 // bounds the error, see gamma, and recomputes exactly what the bound cannot settle.)
 // Starting from -0 keeps a weight whose delta is exactly zero bit-identical.
 //
-// fused, where a kernel has it, computes a whole row block of the common case (one
-// low-rank delta, nothing else) in one pass over cache-sized tiles: product, sum, error
-// bound and rounding, without a block-sized array of products; see fusedArgs.
+// fused, where a kernel has it, computes a whole row block of the common case (low-rank
+// deltas, nothing else) in one pass over cache-sized tiles: product, sum, error bound
+// and rounding, without a block-sized array of products; see fusedArgs. value computes
+// DoRA's V = W + s·(L·R) the same way, in the fixed order above, into float64.
 type kernel struct {
 	name    string
 	product func(acc, L, R []float64, rows, cols, r int)
 	fused   *[3][3]func(*fusedArgs) // by input and output kind
+	value   *[3]func(*fusedArgs)    // DoRA's V in float64, by input kind
+	sums    *[3]func(*fusedArgs)    // DoRA's column sums of V², by input kind
+	round   *[3]func(*roundArgs)    // DoRA's rescaled values rounded, by output kind
 	f16     bool                    // the fused forms for F16 can run
 }
 
 // Kernel names, for Options.Kernel and HFMERGE_KERNEL.
 const (
-	KernelAuto = ""     // the fastest this CPU runs
-	KernelGo   = "go"   // portable Go, the reference
-	KernelAVX2 = "avx2" // amd64 with AVX2 and FMA
+	KernelAuto   = ""       // the fastest this CPU runs
+	KernelGo     = "go"     // portable Go, the reference
+	KernelAVX2   = "avx2"   // amd64 with AVX2 and FMA
+	KernelAVX512 = "avx512" // amd64 with AVX-512F as well (and the OS saving its registers)
 )
 
 // Kernels lists the kernels this CPU can run, fastest first.
 func Kernels() []string {
-	if hasAVX2() {
+	switch {
+	case hasAVX512():
+		return []string{KernelAVX512, KernelAVX2, KernelGo}
+	case hasAVX2():
 		return []string{KernelAVX2, KernelGo}
 	}
 	return []string{KernelGo}
@@ -63,12 +71,19 @@ func kernelFor(name string) (kernel, error) {
 		if !hasAVX2() {
 			return kernel{}, fmt.Errorf("merge: this CPU cannot run the %s kernel", name)
 		}
+	case KernelAVX512:
+		if !hasAVX512() {
+			return kernel{}, fmt.Errorf("merge: this CPU cannot run the %s kernel", name)
+		}
 	case KernelGo:
 	default:
 		return kernel{}, fmt.Errorf("merge: no kernel %q (have %v)", name, Kernels())
 	}
-	if name == KernelAVX2 {
-		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, f16: hasF16C()}, nil
+	switch name {
+	case KernelAVX2:
+		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX2, value: &fusedVAVX2, sums: &fusedSAVX2, round: &roundAVX2, f16: hasF16C()}, nil
+	case KernelAVX512:
+		return kernel{name: name, product: accumulateAVX2, fused: &fusedAVX512, value: &fusedVAVX512, sums: &fusedSAVX512, round: &roundAVX2, f16: hasF16C()}, nil
 	}
 	return kernel{name: name, product: accumulateGo}, nil
 }

@@ -6,6 +6,10 @@ import "golang.org/x/sys/cpu"
 
 func hasAVX2() bool { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
 
+// hasAVX512: the AVX-512 kernels use AVX-512F in their products and AVX2 elsewhere. (cpu
+// reports AVX-512F only where the OS saves the registers.)
+func hasAVX512() bool { return hasAVX2() && cpu.X86.HasAVX512F }
+
 func hasF16C() bool { return cpu.X86.HasF16C }
 
 // accumulateAVX2 runs the assembly kernel on the columns it covers (multiples of 16)

@@ -113,6 +113,13 @@ func TestKernelSelection(t *testing.T) {
 	if _, err := kernelFor("sse9"); err == nil {
 		t.Error("an unknown kernel was accepted")
 	}
+	// HFMERGE_KERNEL selects each kernel this CPU runs.
+	for _, name := range Kernels() {
+		t.Setenv("HFMERGE_KERNEL", name)
+		if k, err := kernelFor(KernelAuto); err != nil || k.name != name {
+			t.Errorf("HFMERGE_KERNEL=%s gives %q, %v", name, k.name, err)
+		}
+	}
 	if Kernels()[len(Kernels())-1] != KernelGo {
 		t.Errorf("kernels %v do not end with the Go fallback", Kernels())
 	}

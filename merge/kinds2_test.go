@@ -83,9 +83,9 @@ func TestEmbedding(t *testing.T) {
 }
 
 // doraRef computes DoRA's merged values: V = W + ΔW exactly, then each row (perRow) or
-// column rescaled to the magnitude.
-func doraRef(W []float64, rows, cols int, d refDelta, mag []float64, perRow bool) []dd {
-	ex := exactValues(W, rows, cols, []refDelta{d})
+// column rescaled to the magnitude; a zero row or column stays zero.
+func doraRef(W []float64, rows, cols int, d []refDelta, mag []float64, perRow bool) []dd {
+	ex := exactValues(W, rows, cols, d)
 	V := make([]float64, len(ex))
 	for i, x := range ex {
 		V[i] = x.hi + x.lo
@@ -100,7 +100,7 @@ func doraRef(W []float64, rows, cols int, d refDelta, mag []float64, perRow bool
 			}
 			n[o] = math.Sqrt(s.hi + s.lo)
 		}
-		scale = func(i int) float64 { return mag[i/cols] / n[i/cols] }
+		scale = func(i int) float64 { return safeDiv(mag[i/cols], n[i/cols]) }
 	} else {
 		n := make([]float64, cols)
 		for j := 0; j < cols; j++ {
@@ -110,13 +110,20 @@ func doraRef(W []float64, rows, cols int, d refDelta, mag []float64, perRow bool
 			}
 			n[j] = math.Sqrt(s.hi + s.lo)
 		}
-		scale = func(i int) float64 { return mag[i%cols] / n[i%cols] }
+		scale = func(i int) float64 { return safeDiv(mag[i%cols], n[i%cols]) }
 	}
 	out := make([]dd, len(V))
 	for i := range V {
 		out[i] = mul(scale(i), V[i])
 	}
 	return out
+}
+
+func safeDiv(m, n float64) float64 {
+	if n == 0 {
+		return 1
+	}
+	return m / n
 }
 
 func TestDoRA(t *testing.T) {
@@ -153,7 +160,7 @@ func TestDoRA(t *testing.T) {
 				for _, c := range cases {
 					w := m.Tensor(c.module + ".weight")
 					mag := a.Tensor(fixture.Key(c.module, "lora_magnitude_vector")).Values
-					exact := doraRef(w.Values, int(w.Shape[0]), int(w.Shape[1]), c.delta(), mag, c.perRow)
+					exact := doraRef(w.Values, int(w.Shape[0]), int(w.Shape[1]), []refDelta{c.delta()}, mag, c.perRow)
 					got := res.tensor(t, c.module+".weight").Values
 					for i := range got {
 						tl.check(bdt, got[i], exact[i], 0)
@@ -169,7 +176,7 @@ func TestDoRA(t *testing.T) {
 				ga.Add(fixture.Key(mod, "lora_magnitude_vector"), adt, 0.2, rnd, w.Shape[1])
 				gres := run(t, g, ga, mergeplan.Options{})
 				exact := doraRef(w.Values, int(w.Shape[0]), int(w.Shape[1]),
-					transposedDelta(1, 8, ga.Tensor(fixture.Key(mod, "lora_A.weight")), ga.Tensor(fixture.Key(mod, "lora_B.weight"))),
+					[]refDelta{transposedDelta(1, 8, ga.Tensor(fixture.Key(mod, "lora_A.weight")), ga.Tensor(fixture.Key(mod, "lora_B.weight")))},
 					ga.Tensor(fixture.Key(mod, "lora_magnitude_vector")).Values, false)
 				for i, x := range gres.tensor(t, mod+".weight").Values {
 					tl.check(bdt, x, exact[i], 0)

@@ -7,9 +7,12 @@
 // nearest, ties to even. The product is computed in float64 with a rigorous error bound
 // per element (in the fused kernels, per row), and the few elements whose bound reaches
 // a rounding boundary are recomputed, in double-double if need be, so each is the
-// correctly rounded exact value, whichever kernel ran. DoRA's
-// V = W + ΔW, norms and rescale are computed in float64 in a fixed order, then rounded
-// once. Tensors nothing touches are copied byte for byte.
+// correctly rounded exact value, whichever kernel ran. Several low-rank deltas on one
+// tensor are one product of their summed rank, s_k·L_k side by side and the R_k one
+// under the other, with the bound for that rank. DoRA's V = W + ΔW (V += s·p for each
+// delta in turn, p the kernels' fused multiply-add chain), norms and rescale are
+// computed in float64 in a fixed order, then rounded once; a NaN among them is written
+// as the dtype's default NaN. Tensors nothing touches are copied byte for byte.
 package merge
 
 import (
@@ -52,7 +55,8 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 	const perElem = 5*8 + 8 // float64 value, base, bound, product; raw bytes; write buffer share
 	var largest int64
 	for _, t := range s.Tensors {
-		var f int64
+		var f, rank int64
+		rows, cols := t.Rows(), t.Cols()
 		for _, d := range t.Deltas {
 			rows, cols := d.Rows(&t), t.Cols()
 			// L and R, their norms, the transposed copy made while loading, and R
@@ -65,6 +69,10 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 				continue
 			}
 			f += g
+			rank += int64(d.Rank)
+		}
+		if rank > 0 && len(t.Deltas) > 1 {
+			f += rank*(rows+2*cols)*8 + (rows+cols)*8 // their concatenation (concat)
 		}
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
@@ -78,7 +86,7 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 type Options struct {
 	Jobs       int    // goroutines computing a block; default GOMAXPROCS
 	CacheBytes int64  // computed blocks kept for repeated reads; default 16 MiB
-	Kernel     string // KernelAuto, KernelGo or KernelAVX2; all give the same bytes
+	Kernel     string // KernelAuto, KernelGo, KernelAVX2 or KernelAVX512; all give the same bytes
 }
 
 // Shard is a merged shard computed on demand. It is safe for concurrent use.
@@ -178,7 +186,7 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			m.colScale = m.columnScale(sh.jobs, sh.pool)
 		}
-		if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil {
+		if lowRank(t.Deltas) && len(t.Patches) == 0 && t.DoRA == nil {
 			m.fused = true
 			// The fused kernels take rows 6 at a time, and the rest one by one,
 			// at a third of the speed.
@@ -302,6 +310,7 @@ type scratch struct {
 	bound   []float64
 	thr     []uint32
 	args    *fusedArgs
+	round   *roundArgs
 }
 
 func (s *scratch) values(n int) []float64       { s.v = grow(s.v, n); return s.v[:n] }

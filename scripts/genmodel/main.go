@@ -1,5 +1,6 @@
 // Command genmodel writes a Llama-shaped model with random weights and a LoRA adapter on
-// every projection, for benchmarks. Values are generated while the files are written, so
+// every projection (or the -targets given, the embedding among them; DoRA with -dora), for
+// benchmarks. Values are generated while the files are written, so
 // a model of any size needs little memory. The same flags always give the same bytes.
 package main
 
@@ -8,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/hfmerge/hfmerge/internal/fixture"
 	"github.com/hfmerge/hfmerge/safetensors"
@@ -23,7 +26,16 @@ func main() {
 	rank := flag.Int("rank", 16, "LoRA rank")
 	seed := flag.Uint64("seed", 1, "random seed")
 	adapterOnly := flag.Bool("adapter-only", false, "write only the adapter (the base is the same for every rank)")
+	targets := flag.String("targets", strings.Join(projections, ","), "modules the adapter trains: projections and embed_tokens, comma-separated")
+	dora := flag.Bool("dora", false, "a DoRA adapter: a magnitude vector on every target")
 	flag.Parse()
+	want := strings.Split(*targets, ",")
+	for _, t := range want {
+		if !slices.Contains(projections, t) && t != "embed_tokens" {
+			fmt.Fprintf(os.Stderr, "genmodel: -targets: no module %q (have %s and embed_tokens)\n", t, strings.Join(projections, ", "))
+			os.Exit(2)
+		}
+	}
 	if *out == "" {
 		fmt.Fprintln(os.Stderr, "genmodel: -out is required")
 		os.Exit(2)
@@ -35,16 +47,35 @@ func main() {
 		total += t.Bytes()
 	}
 	m.SplitMax(*shard * 1000 * 1000)
-	a := fixture.NewAdapter(*rank, float64(2**rank), "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+	a := fixture.NewAdapter(*rank, float64(2**rank), want...)
 	a.Config["base_model_name_or_path"] = "bench/llama"
+	a.Config["use_dora"] = *dora
 	r := fixture.NewRand(*seed + 1)
+	lazy := func(key string, std float64, shape ...int64) {
+		a.Tensors = append(a.Tensors, &fixture.Tensor{Name: key, DType: safetensors.F32, Shape: shape, Std: std, Seed: r.Uint64()})
+	}
+	if slices.Contains(want, "embed_tokens") {
+		// lora_embedding_A is (r, vocab), lora_embedding_B (dim, r); DoRA's magnitude is
+		// one per column of the (vocab, dim) weight.
+		w := m.Tensor("model.embed_tokens.weight")
+		lazy(fixture.Key("model.embed_tokens", "lora_embedding_A"), 0.02, int64(*rank), w.Shape[0])
+		lazy(fixture.Key("model.embed_tokens", "lora_embedding_B"), 0.02, w.Shape[1], int64(*rank))
+		if *dora {
+			lazy(fixture.Key("model.embed_tokens", "lora_magnitude_vector"), 0.02, w.Shape[1])
+		}
+	}
 	for l := 0; l < *layers; l++ {
 		for _, p := range []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"} {
+			if !slices.Contains(want, p[strings.IndexByte(p, '.')+1:]) {
+				continue
+			}
 			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
 			w := m.Tensor(mod + ".weight")
-			a.Tensors = append(a.Tensors,
-				&fixture.Tensor{Name: fixture.Key(mod, "lora_A.weight"), DType: safetensors.F32, Shape: []int64{int64(*rank), w.Shape[1]}, Std: 0.02, Seed: r.Uint64()},
-				&fixture.Tensor{Name: fixture.Key(mod, "lora_B.weight"), DType: safetensors.F32, Shape: []int64{w.Shape[0], int64(*rank)}, Std: 0.02, Seed: r.Uint64()})
+			lazy(fixture.Key(mod, "lora_A.weight"), 0.02, int64(*rank), w.Shape[1])
+			lazy(fixture.Key(mod, "lora_B.weight"), 0.02, w.Shape[0], int64(*rank))
+			if *dora {
+				lazy(fixture.Key(mod, "lora_magnitude_vector"), 0.02, w.Shape[0])
+			}
 		}
 	}
 	if *adapterOnly {
@@ -52,7 +83,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "genmodel:", err)
 			os.Exit(1)
 		}
-		fmt.Printf("wrote %s: LoRA rank %d on %d modules\n", *out, *rank, len(a.Tensors)/2)
+		fmt.Printf("wrote %s: LoRA rank %d on %s\n", *out, *rank, *targets)
 		return
 	}
 	if err := m.Write(filepath.Join(*out, "base")); err != nil {
@@ -63,6 +94,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "genmodel:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("wrote %s: %d tensors in %d shards, %.2f GB; LoRA rank %d on %d modules\n",
-		*out, len(m.Tensors), len(m.Shards), float64(total)/1e9, *rank, len(a.Tensors)/2)
+	fmt.Printf("wrote %s: %d tensors in %d shards, %.2f GB; LoRA rank %d on %s\n",
+		*out, len(m.Tensors), len(m.Shards), float64(total)/1e9, *rank, *targets)
 }
+
+var projections = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
