@@ -63,3 +63,16 @@ func TestPreallocateNoSpace(t *testing.T) {
 		t.Errorf("the file has %d bytes after a failed reservation", st.Size())
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"20GB": 20e9, "500MiB": 500 << 20, "1.5G": 1.5e9, "0": 0, "4096": 4096, " 2 mb ": 2e6} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"NaN", "Inf", "1e30", "-1GB", "lots", ""} {
+		if got, err := ParseSize(in); err == nil {
+			t.Errorf("%q accepted as %d", in, got)
+		}
+	}
+}

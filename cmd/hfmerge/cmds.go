@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -48,7 +47,7 @@ func planCmd(c *cli.Context, st *state) error {
 			return err
 		}
 	} else {
-		printReport(c.App.Writer, r)
+		r.Print(c.App.Writer)
 	}
 	if !p.OK() {
 		return &exitError{exitProblems, errReported}
@@ -112,7 +111,7 @@ func pushCmd(c *cli.Context, st *state) error {
 	}
 	budget := int64(-1)
 	if s := c.String("disk-budget"); s != "" {
-		if budget, err = parseSize(s); err != nil {
+		if budget, err = hfmerge.ParseSize(s); err != nil {
 			return usageErr("--disk-budget %q: %v", s, err)
 		}
 	}
@@ -172,6 +171,3 @@ func pushCmd(c *cli.Context, st *state) error {
 func seconds(d time.Duration) float64 {
 	return float64(d.Round(time.Millisecond)) / float64(time.Second)
 }
-
-// join prints a list as text.
-func join(items []string) string { return strings.Join(items, ", ") }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"runtime"
-	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -120,28 +118,6 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 		o.sources.Client, o.sources.Anonymous = client, o.token == ""
 	}
 	return o, nil
-}
-
-// parseSize reads a size such as 5GB, 500MiB, 1.5G or a plain number of bytes.
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(strings.ToUpper(s))
-	units := []struct {
-		suffix string
-		mult   float64
-	}{{"TIB", 1 << 40}, {"GIB", 1 << 30}, {"MIB", 1 << 20}, {"KIB", 1 << 10}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3},
-		{"T", 1e12}, {"G", 1e9}, {"M", 1e6}, {"K", 1e3}, {"B", 1}}
-	mult := 1.0
-	for _, u := range units {
-		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
-			t, mult = strings.TrimSpace(rest), u.mult
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f*mult > 1e18 {
-		return 0, fmt.Errorf("want a size such as 20GB, 500MiB or 0")
-	}
-	return int64(f * mult), nil
 }
 
 // suggestFlag adds "did you mean --x?" to an unknown-flag error.

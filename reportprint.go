@@ -1,14 +1,12 @@
-package main
+package hfmerge
 
 import (
 	"fmt"
 	"io"
-
-	"github.com/hfmerge/hfmerge"
 )
 
-// printReport prints a plan for a person.
-func printReport(w io.Writer, r *hfmerge.Report) {
+// Print writes the report for a person.
+func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "base:    %s\nadapter: %s", r.Base, r.Adapter)
 	if c := r.Config; c != nil {
 		fmt.Fprintf(w, " (LoRA r=%d, lora_alpha=%g", c.R, c.Alpha)
@@ -28,7 +26,7 @@ func printReport(w io.Writer, r *hfmerge.Report) {
 			if s.Unchanged {
 				what = "unchanged: the base's bytes"
 			}
-			fmt.Fprintf(w, "  %-40s %10s  %s\n", s.Name, hfmerge.Human(s.Bytes), what)
+			fmt.Fprintf(w, "  %-40s %10s  %s\n", s.Name, human(s.Bytes), what)
 			for _, t := range s.Changes {
 				fmt.Fprintf(w, "      %-60s %s: %s\n", t.Name, t.DType, t.Reason)
 			}
@@ -45,10 +43,10 @@ func printReport(w io.Writer, r *hfmerge.Report) {
 		}
 	}
 	if len(r.Shards) > 0 {
-		fmt.Fprintf(w, "\nestimate: peak RAM about %s; %s of shards read\n", hfmerge.Human(r.Estimate.PeakRAM), hfmerge.Human(r.Estimate.ReadBytes))
-		fmt.Fprintf(w, "  merge: %s written to --out\n", hfmerge.Human(r.Estimate.OutDisk))
+		fmt.Fprintf(w, "\nestimate: peak RAM about %s; %s of shards read\n", human(r.Estimate.PeakRAM), human(r.Estimate.ReadBytes))
+		fmt.Fprintf(w, "  merge: %s written to --out\n", human(r.Estimate.OutDisk))
 		fmt.Fprintf(w, "  push: %s of shards to merge and upload; at most %s of disk (one merged shard, only while the base is remote)\n",
-			hfmerge.Human(r.Estimate.ChangedBytes), hfmerge.Human(r.Estimate.PushDisk))
+			human(r.Estimate.ChangedBytes), human(r.Estimate.PushDisk))
 	}
 	for _, x := range r.Warnings {
 		fmt.Fprintf(w, "\nwarning: %s", x)
