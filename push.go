@@ -48,7 +48,10 @@ type PushResult struct {
 	BytesUp   int64             // bytes sent to the Hub (shards and small files)
 	BytesDown int64             // bytes received from the Hub for the base
 	Elapsed   time.Duration
-	Budget    int64 // the disk budget used
+	// UploadBusy is how long at least one shard was being sent: against Elapsed, how
+	// well the push kept the upload link, its floor, busy.
+	UploadBusy time.Duration
+	Budget     int64 // the disk budget used
 }
 
 // ErrNoToken marks a push without a token.

@@ -43,6 +43,26 @@ type schedule struct {
 	budget int64
 	sem    *semaphore.Weighted
 	mu     sync.Mutex // the counts in ps.res, which the uploaders share
+	active int        // uploads in flight
+	since  time.Time  // when the first of them started
+}
+
+// sending counts an upload in or out, adding to the time at least one was running: the
+// summary compares it with the run's length.
+func (sch *schedule) sending(in bool) {
+	sch.mu.Lock()
+	defer sch.mu.Unlock()
+	if in {
+		if sch.active == 0 {
+			sch.since = time.Now()
+		}
+		sch.active++
+		return
+	}
+	sch.active--
+	if sch.active == 0 {
+		sch.ps.res.UploadBusy += time.Since(sch.since)
+	}
 }
 
 // count updates the push's result under the schedule's lock.
@@ -257,7 +277,12 @@ func (sch *schedule) send(ctx context.Context, j *job) error {
 		opts.Parallel = 1
 	}
 	obj := upload.Object{OID: j.oid, Size: s.Size(), Open: func(ctx context.Context) (io.ReaderAt, func() error, error) {
-		return sch.open(ctx, j)
+		r, done, err := sch.open(ctx, j)
+		if err != nil {
+			return nil, nil, err
+		}
+		sch.sending(true)
+		return r, func() error { sch.sending(false); return done() }, nil
 	}}
 	put, err := ps.t.Put(ctx, obj, opts)
 	if err != nil {

@@ -162,7 +162,7 @@ func pushCmd(c *cli.Context, st *state) error {
 	}
 	st.done("pushed", "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
 		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
-		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed),
+		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed), "upload_busy_seconds", seconds(res.UploadBusy),
 		"disk_budget", hfmerge.Human(res.Budget))
 	return nil
 }
