@@ -43,7 +43,7 @@ func main() {
 	inter := flag.Int("intermediate", 2816, "MLP size")
 	layers := flag.Int("layers", 8, "decoder layers")
 	vocab := flag.Int("vocab", 32000, "vocabulary")
-	shardMB := flag.Int64("shard-mb", 36, "largest shard in MB")
+	shardMB := flag.Int64("shard-mb", 30, "largest shard in MB")
 	rank := flag.Int("rank", 16, "LoRA rank")
 	targets := flag.String("targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "LoRA targets")
 	down := flag.Float64("down", 50, "download rate, MB/s")
