@@ -443,3 +443,32 @@ func TestPushNoSpace(t *testing.T) {
 		t.Errorf("push: %v", err)
 	}
 }
+
+// TestPushManyFiles: a model with more files than a commit may carry is published
+// through a pull request of several commits, merged at the end: main changes once.
+func TestPushManyFiles(t *testing.T) {
+	e := newPushEnv(t, 5)
+	c := e.client(t, writeToken)
+	ctx := context.Background()
+	src := &Sources{Client: c}
+	b, _ := src.Base(ctx, e.base)
+	a, _ := src.Adapter(ctx, e.adapter)
+	l, err := Load(ctx, b, a, mergeplan.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := e.h.CreateRepo("alice/merged"); err != nil {
+		t.Fatal(err)
+	}
+	e.h.ResetStats()
+	target := upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}, MaxFiles: 4}
+	if _, err := Push(ctx, l, l.Plan(), PushOptions{Target: target, DiskBudget: -1, WorkDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	st := e.h.Stats()
+	if st.Commits["alice/merged@main"] != 1 || st.Commits["alice/merged@refs/pr/1"] < 2 {
+		t.Errorf("commits: %v; want main changed once, through several commits to a pull request", st.Commits)
+	}
+	e.check(t, "alice/merged")
+}

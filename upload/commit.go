@@ -24,7 +24,9 @@ type Commit struct {
 
 // Commit uploads the small files the Hub wants in LFS, then makes the one commit (or
 // opens the one pull request). When its reply is lost it finds out whether it landed
-// before trying again, so that a lost reply never becomes two commits.
+// before trying again, so that a lost reply never becomes two commits. A commit of more
+// files than the Hub takes in one (MaxFiles) goes through a pull request of several
+// commits that is then merged: the branch still changes once.
 func (t *Target) Commit(ctx context.Context, c Commit) (*hub.CommitResult, error) {
 	files := append(slices.Clip(c.Files), c.Marker)
 	var pre []hub.PreuploadFile
@@ -51,6 +53,9 @@ func (t *Target) Commit(ctx context.Context, c Commit) (*hub.CommitResult, error
 			return nil, fmt.Errorf("uploading %s: %w", f.Path, err)
 		}
 		req.LFSFiles = append(req.LFSFiles, hub.CommitLFS{Path: f.Path, OID: obj.OID, Size: obj.Size})
+	}
+	if !t.PR && len(req.Files)+len(req.LFSFiles)+len(req.Deleted) > t.maxFiles() {
+		return t.split(ctx, req, c.Marker)
 	}
 	return t.commit(ctx, req, c.Marker)
 }

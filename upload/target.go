@@ -18,6 +18,9 @@ type Target struct {
 	Repo   hub.Repo
 	Branch string // "" is main
 	PR     bool   // open a pull request against Branch instead of committing to it
+	// MaxFiles is the most files a commit carries (0: 100, as the Hub advises); a larger
+	// one is made through a pull request of several commits, merged at the end.
+	MaxFiles int
 }
 
 func (t *Target) branch() string {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -126,5 +127,64 @@ func TestExpiredURLs(t *testing.T) {
 	}
 	if got, _ := h.Object(oid); !bytes.Equal(got, big) {
 		t.Error("object differs")
+	}
+}
+
+// TestSplitCommit: a commit of more files than one commit may carry goes through a pull
+// request of several commits, merged at the end: the branch changes once and holds
+// every file. A run that fails midway is finished by the next one, in the same pull
+// request.
+func TestSplitCommit(t *testing.T) {
+	h, c, _ := setup(t)
+	ctx := context.Background()
+	c.MaxFiles = 3
+	var lfs []hub.CommitLFS
+	for i := 0; i < 8; i++ {
+		b, oid := data(1000+i, byte(i))
+		if _, err := c.Put(ctx, object(b), upload.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		lfs = append(lfs, hub.CommitLFS{Path: fmt.Sprintf("model-%05d.safetensors", i), OID: oid, Size: int64(len(b))})
+	}
+	marker := hub.CommitFile{Path: "hfmerge.json", Content: []byte(`{"split": true}`)}
+	req := upload.Commit{Summary: "a big model", LFS: lfs, Files: []hub.CommitFile{{Path: "config.json", Content: []byte(`{}`)}}, Marker: marker}
+	before, _ := h.Head("alice/merged", "main")
+	// The third commit fails: the first run stops with the pull request half filled.
+	h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, Skip: 2, Status: 500})
+	if _, err := c.Commit(ctx, req); err == nil {
+		t.Fatal("the commit succeeded through a failure")
+	}
+	if now, _ := h.Head("alice/merged", "main"); now != before {
+		t.Fatal("the branch moved before the pull request was complete")
+	}
+	if n := len(h.PullRequests("alice/merged")); n != 1 {
+		t.Fatalf("%d pull requests after the failed run", n)
+	}
+	h.ResetStats()
+	res, err := c.Commit(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := h.Stats()
+	if st.Commits["alice/merged@main"] != 1 || len(h.PullRequests("alice/merged")) != 0 {
+		t.Errorf("commits %v, open pull requests %v: want one change of main and none open", st.Commits, h.PullRequests("alice/merged"))
+	}
+	if head, _ := h.Head("alice/merged", "main"); head != res.OID {
+		t.Errorf("result %s, head %s", res.OID, head)
+	}
+	files, _ := h.Files("alice/merged", "main")
+	have := map[string]bool{}
+	for _, f := range files {
+		have[f.Path] = true
+	}
+	for _, f := range append(lfs, hub.CommitLFS{Path: "config.json"}, hub.CommitLFS{Path: "hfmerge.json"}) {
+		if !have[f.Path] {
+			t.Errorf("main lacks %s", f.Path)
+		}
+	}
+	// The rerun committed only what the pull request lacked: 8 files in parts of 3,
+	// less the 4 the first run had committed (marker first, then a part of 3).
+	if n := st.Commits["alice/merged@refs/pr/1"]; n != 2 {
+		t.Errorf("the rerun made %d commits to the pull request, want 2", n)
 	}
 }

@@ -51,6 +51,9 @@
 //     deletedFolder; parentCommit mismatch → 412; an lfsFile never uploaded → 400;
 //     .gitattributes updated for new LFS paths; PRs are refs/pr/N with
 //     pullRequestUrl …/discussions/N; commits to refs/pr/N update the PR.
+//   - POST .../discussions/{n}/merge: merges pull request n into main as one commit
+//     with its files, when main has not moved since it was opened (409 otherwise); the
+//     pull request then leaves the refs listing.
 //   - Revisions: HEAD (= main), branch, tag, refs/heads/X, refs/tags/X, refs/pr/N (sent
 //     percent-encoded, refs%2Fpr%2F1) or a full commit id.
 //   - GET|HEAD /{repo}/resolve/{rev}/{path}: regular files 200 with ETag = git sha1,

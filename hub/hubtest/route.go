@@ -132,6 +132,10 @@ func routeHub(r *http.Request) *call {
 			c.route, c.method, c.rev = RouteCommit, post, rest[1]
 		case len(rest) == 2 && (rest[0] == "xet-read-token" || rest[0] == "xet-write-token"):
 			c.route, c.method, c.rev = RouteXetToken, get, rest[1]
+		default:
+			if n, ok := isMergePR(rest); ok {
+				c.route, c.method, c.id = RouteMergePR, post, n
+			}
 		}
 		return c
 	}

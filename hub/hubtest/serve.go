@@ -191,6 +191,8 @@ func (h *Hub) dispatch(c *call) {
 		h.commit(c)
 	case RouteXetToken:
 		h.xetToken(c)
+	case RouteMergePR:
+		h.mergePR(c, c.id)
 	case RouteBatch:
 		h.batch(c)
 	case RouteVerify:
