@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -471,4 +472,19 @@ func TestPushManyFiles(t *testing.T) {
 		t.Errorf("commits: %v; want main changed once, through several commits to a pull request", st.Commits)
 	}
 	e.check(t, "alice/merged")
+}
+
+// TestCheckSizes: a shard over the Hub's 500 GB limit is refused before anything moves,
+// naming it and saying what to do; one over the recommended 200 GB is a warning.
+func TestCheckSizes(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	p := &mergeplan.Plan{Shards: []mergeplan.Shard{{Name: "big.safetensors", Layout: &safetensors.Layout{Size: 300e9}}}}
+	if err := checkSizes(p, log); err != nil || !strings.Contains(logged.String(), "200 GB") {
+		t.Errorf("300 GB: %v; log %q", err, logged.String())
+	}
+	p.Shards = append(p.Shards, mergeplan.Shard{Name: "huge.safetensors", Layout: &safetensors.Layout{Size: 600e9}})
+	if err := checkSizes(p, log); err == nil || !strings.Contains(err.Error(), "huge.safetensors") || !strings.Contains(err.Error(), "max_shard_size") {
+		t.Errorf("600 GB: %v", err)
+	}
 }
