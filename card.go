@@ -109,8 +109,17 @@ func modelCard(ctx context.Context, l *Inputs, p *mergeplan.Plan, title, use str
 	if baseName == "" {
 		baseName = sourceName(l.Base)
 	}
-	fmt.Fprintf(&b, "This model is `%s` with the LoRA adapter `%s` merged into its weights by hfmerge %s.\n\n",
-		baseName, sourceName(l.Adapter), Version())
+	if len(l.Stack) > 1 {
+		var names []string
+		for _, a := range l.Stack {
+			names = append(names, fmt.Sprintf("`%s` (weight %g)", sourceName(a.Source), a.Weight))
+		}
+		fmt.Fprintf(&b, "This model is `%s` with the LoRA adapters %s merged into its weights in one pass "+
+			"(W + Σ weight·scale·B·A, rounded once) by hfmerge %s.\n\n", baseName, strings.Join(names, ", "), Version())
+	} else {
+		fmt.Fprintf(&b, "This model is `%s` with the LoRA adapter `%s` merged into its weights by hfmerge %s.\n\n",
+			baseName, sourceName(l.Adapter), Version())
+	}
 	if a := p.Adapter; a != nil {
 		fmt.Fprintf(&b, "- Adapter: r = %d, lora_alpha = %g", a.R, a.Alpha)
 		if a.UseRSLoRA {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/hfmerge/hfmerge/merge"
@@ -14,14 +15,26 @@ import (
 // Inputs are a base model and an adapter read up to their headers: everything a plan
 // needs, and the sources to read tensor bytes from when the merge runs.
 type Inputs struct {
-	Base, Adapter Source
+	Base Source
+	// Adapter is the first adapter (usually the only one); Stack is every adapter with
+	// the weight its delta is scaled by, Stack[0].Source being Adapter.
+	Adapter    Source
+	Stack      []StackedAdapter
 	// Problems stopped the inputs from being read whole; the plan reports them.
 	Problems   []mergeplan.Problem
 	in         mergeplan.Input
 	inputBytes int64 // total size of the base's shards
 
+	stacked    []mergeplan.Stacked
+
 	mu       sync.Mutex
-	adapterF File // the adapter's weights, opened once for every shard
+	adapterF []File // the adapters' weights, opened once for every shard
+}
+
+// StackedAdapter is one adapter of several merged in one pass, and its weight.
+type StackedAdapter struct {
+	Source Source
+	Weight float64
 }
 
 // Load reads the JSON files and safetensors headers of a base model and an adapter.
@@ -29,12 +42,30 @@ type Inputs struct {
 // means the sources themselves cannot be used. Load takes over both sources: Close closes
 // them.
 func Load(ctx context.Context, base, adapter Source, opts mergeplan.Options) (*Inputs, error) {
-	l := &Inputs{Base: base, Adapter: adapter, in: mergeplan.Input{Options: opts}}
+	return LoadStack(ctx, base, []StackedAdapter{{adapter, 1}}, opts)
+}
+
+// LoadStack is Load for several adapters merged in one pass, W + Σ wₖ·sₖ·Bₖ·Aₖ, rounded
+// once.
+func LoadStack(ctx context.Context, base Source, stack []StackedAdapter, opts mergeplan.Options) (*Inputs, error) {
+	if len(stack) == 0 {
+		return nil, &UsageError{fmt.Errorf("no adapter given")}
+	}
+	l := &Inputs{Base: base, Adapter: stack[0].Source, Stack: stack, in: mergeplan.Input{Options: opts}}
 	if err := l.load(ctx); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("reading %s and %s: %w", base, adapter, err)
+		return nil, fmt.Errorf("reading %s and %s: %w", base, l.adapterNames(), err)
 	}
 	return l, nil
+}
+
+// adapterNames lists the adapters for messages.
+func (l *Inputs) adapterNames() string {
+	var names []string
+	for _, a := range l.Stack {
+		names = append(names, a.Source.String())
+	}
+	return strings.Join(names, " + ")
 }
 
 func (l *Inputs) load(ctx context.Context) error {
@@ -70,20 +101,25 @@ func (l *Inputs) load(ctx context.Context) error {
 		l.in.Shards = append(l.in.Shards, mergeplan.File{Name: name, Header: h})
 		l.inputBytes += h.Size
 	}
-	if l.in.AdapterConfig, err = l.Adapter.Read(ctx, mergeplan.AdapterConfigFile); err != nil {
-		return err
-	}
-	h, err := l.Adapter.Header(ctx, mergeplan.AdapterFile)
-	switch {
-	case errors.Is(err, ErrNotFound):
-	case err != nil:
-		if ctx.Err() != nil {
+	for k, a := range l.Stack {
+		st := mergeplan.Stacked{Weight: a.Weight}
+		if st.Config, err = a.Source.Read(ctx, mergeplan.AdapterConfigFile); err != nil {
 			return err
 		}
-		problem(mergeplan.AdapterFile, "%v", err)
-	default:
-		l.in.Adapter = &mergeplan.File{Name: mergeplan.AdapterFile, Header: h}
+		h, err := a.Source.Header(ctx, mergeplan.AdapterFile)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			if ctx.Err() != nil {
+				return err
+			}
+			problem(mergeplan.AdapterFileOf(k), "%v", err)
+		default:
+			st.File = &mergeplan.File{Name: mergeplan.AdapterFile, Header: h}
+		}
+		l.stacked = append(l.stacked, st)
 	}
+	l.in.AdapterConfig, l.in.Adapter = l.stacked[0].Config, l.stacked[0].File
 	return nil
 }
 
@@ -91,7 +127,7 @@ func (l *Inputs) load(ctx context.Context) error {
 func (l *Inputs) Plan() *mergeplan.Plan {
 	if len(l.Problems) == 0 {
 		in := l.in
-		return mergeplan.Build(&in)
+		return mergeplan.BuildStack(&in, l.stacked)
 	}
 	p := &mergeplan.Plan{Problems: l.Problems}
 	if l.in.AdapterConfig != nil {
@@ -105,12 +141,16 @@ func (l *Inputs) Plan() *mergeplan.Plan {
 // Close closes the sources and what was opened from them.
 func (l *Inputs) Close() error {
 	l.mu.Lock()
-	if l.adapterF != nil {
-		l.adapterF.Close()
-		l.adapterF = nil
+	for _, f := range l.adapterF {
+		f.Close()
 	}
+	l.adapterF = nil
 	l.mu.Unlock()
-	return errors.Join(l.Base.Close(), l.Adapter.Close())
+	errs := []error{l.Base.Close()}
+	for _, a := range l.Stack {
+		errs = append(errs, a.Source.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // baseFiles lists the base files an output shard reads. It is the one place that
@@ -147,15 +187,18 @@ func (v *virtual) Close() error { return v.done() }
 // virtual file: "open the inputs, merge" exists here only.
 func (l *Inputs) openShard(ctx context.Context, s *mergeplan.Shard, opts merge.Options) (*virtual, error) {
 	l.mu.Lock()
-	if l.adapterF == nil {
-		f, err := l.Adapter.Open(ctx, mergeplan.AdapterFile)
+	for k := len(l.adapterF); k < len(l.Stack); k++ {
+		f, err := l.Stack[k].Source.Open(ctx, mergeplan.AdapterFile)
 		if err != nil {
 			l.mu.Unlock()
-			return nil, fmt.Errorf("%s: %w", mergeplan.AdapterFile, err)
+			return nil, fmt.Errorf("%s of %s: %w", mergeplan.AdapterFile, l.Stack[k].Source, err)
 		}
-		l.adapterF = f
+		l.adapterF = append(l.adapterF, f)
 	}
-	in := map[string]io.ReaderAt{mergeplan.AdapterFile: l.adapterF}
+	in := map[string]io.ReaderAt{}
+	for k, f := range l.adapterF {
+		in[mergeplan.AdapterFileOf(k)] = f
+	}
 	l.mu.Unlock()
 	var files []File
 	var names []string

@@ -35,6 +35,12 @@ type SourceID struct {
 	Digest string `json:"sha256,omitempty"`
 }
 
+// WeightedID is one adapter of a stack and its weight.
+type WeightedID struct {
+	SourceID
+	Weight float64 `json:"weight"`
+}
+
 // FileID is one published file.
 type FileID struct {
 	SHA256 string `json:"sha256,omitempty"`
@@ -46,9 +52,12 @@ type FileID struct {
 type Provenance struct {
 	Tool    string            `json:"tool"`
 	Inputs  string            `json:"inputs"` // sha256 of tool, base, adapter and options
-	Base    SourceID          `json:"base"`
-	Adapter SourceID          `json:"adapter"`
-	Options map[string]string `json:"options"`
+	Base    SourceID `json:"base"`
+	Adapter SourceID `json:"adapter"`
+	// Adapters lists every adapter with its weight when several were stacked (or one
+	// was weighted); Adapter is then the first.
+	Adapters []WeightedID      `json:"adapters,omitempty"`
+	Options  map[string]string `json:"options"`
 	Files   map[string]FileID `json:"files"`
 }
 
@@ -125,14 +134,23 @@ func newProvenance(l *Inputs, opts mergeplan.Options) (*Provenance, error) {
 	if err != nil {
 		return nil, err
 	}
-	adapter, err := identify(l.Adapter, true)
-	if err != nil {
-		return nil, err
-	}
-	p := &Provenance{Tool: "hfmerge " + Version(), Base: base, Adapter: adapter,
+	p := &Provenance{Tool: "hfmerge " + Version(), Base: base,
 		Options: map[string]string{"dtype": string(opts.DType), "tied_embeddings": string(opts.Tied)},
 		Files:   map[string]FileID{}}
-	b, _ := json.Marshal([]any{p.Tool, p.Base, p.Adapter, p.Options})
+	for k, a := range l.Stack {
+		id, err := identify(a.Source, true)
+		if err != nil {
+			return nil, err
+		}
+		if k == 0 {
+			p.Adapter = id
+		}
+		p.Adapters = append(p.Adapters, WeightedID{id, a.Weight})
+	}
+	if len(p.Adapters) == 1 && p.Adapters[0].Weight == 1 {
+		p.Adapters = nil // one adapter as it is: the file reads as it always did
+	}
+	b, _ := json.Marshal([]any{p.Tool, p.Base, p.Adapter, p.Adapters, p.Options})
 	sum := sha256.Sum256(b)
 	p.Inputs = hex.EncodeToString(sum[:])
 	return p, nil

@@ -62,7 +62,7 @@ type Estimate struct {
 
 // Report describes a plan.
 func (l *Inputs) Report(p *mergeplan.Plan, jobs int) *Report {
-	r := &Report{Base: l.Base.String(), Adapter: l.Adapter.String(), Modules: p.Modules, Edits: p.ConfigEdits,
+	r := &Report{Base: l.Base.String(), Adapter: l.adapterNames(), Modules: p.Modules, Edits: p.ConfigEdits,
 		Problems: []string{}, Warnings: []string{}, Shards: []ShardReport{}}
 	if a := p.Adapter; a != nil {
 		r.Config = &AdapterSummary{R: a.R, Alpha: a.Alpha, RSLoRA: a.UseRSLoRA, DoRA: a.UseDoRA, BaseModel: a.BaseModel}

@@ -396,7 +396,7 @@ func (b *builder) resolveSquare() {
 		}
 		b.problem(AdapterFile+": "+q.key, "%s is (E=%d, %d, %d), square, so lora_A %s and lora_B %s fit both readings: (E, out, in), where expert e's delta is B_e·A_e "+
 			"(PEFT 0.19.1 and later, on Transformers v5's experts), and (E, in, out), where it is (B_e·A_e)ᵀ (PEFT 0.18 and earlier; is_transposed experts such as gpt-oss's, "+
-			"unless Transformers' patch swapped them); %s; choose a reading with the expert layout option (out-in or in-out)",
+			"unless Transformers' patch swapped them); %s; choose a reading with --expert-layout out-in or in-out",
 			q.param, q.s.count, q.s.d1, q.s.d2, shapeString(q.A.Shape), shapeString(q.B.Shape), why)
 	}
 }

@@ -7,6 +7,7 @@ package mergeplan
 
 import (
 	"github.com/hfmerge/hfmerge/safetensors"
+	"strings"
 )
 
 // AdapterFile is the name PEFT gives the adapter's weights.
@@ -131,8 +132,10 @@ type Ref struct {
 	Len    int64
 }
 
-// Adapter reports whether the tensor comes from the adapter file.
-func (r *Ref) Adapter() bool { return r.File == AdapterFile }
+// Adapter reports whether the tensor comes from an adapter's file (AdapterFileOf).
+func (r *Ref) Adapter() bool {
+	return r.File == AdapterFile || strings.HasPrefix(r.File, AdapterFile+"#")
+}
 
 // Rows and Cols view the tensor as a matrix: the product of all dimensions but the last
 // by the last (a vector is one row; a scalar is 1×1). A stack of expert matrices

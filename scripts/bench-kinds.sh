@@ -2,11 +2,11 @@
 # What DoRA and several deltas on one tensor cost against plain LoRA, in one run. On the
 # Llama-shaped bf16 model of scripts/bench.sh (about 1 GB), times `hfmerge merge` (best of
 # 5) with a LoRA of rank 16 on q_proj, v_proj and the embedding and with a DoRA adapter on
-# the same targets, and reports their ratio (the target: DoRA within 1.5x). The planner
-# puts two deltas on one tensor only for a folded tied embedding, so two deltas of rank 16
-# on every target against one of rank 32 are timed by the Go benchmark that builds that
-# plan directly (go test ./merge -bench Kernels, the fastest of 200 blocks of a projection
-# on one core; the target: within 1.3x). Needs ~4 GB of disk in WORKDIR.
+# the same targets, and reports their ratio (the target: DoRA within 1.5x); then two
+# adapters of rank 16 on every projection stacked in one pass (--adapter A --adapter B)
+# against one adapter of rank 32 (the target: within 1.3x). The Go benchmark
+# (go test ./merge -bench Kernels, the fastest of 200 blocks of a projection on one core)
+# gives the same comparisons per block. Needs ~4 GB of disk in WORKDIR.
 #
 #   scripts/bench-kinds.sh [WORKDIR]     (default: a temporary directory, removed afterwards)
 set -euo pipefail
@@ -20,16 +20,20 @@ gen="-hidden 2048 -intermediate 5632 -layers 8 -vocab 32000"
 targets=q_proj,v_proj,embed_tokens
 [ -d "$work/lora-qve/adapter" ] || go run ./scripts/genmodel -out "$work/lora-qve" -rank 16 -adapter-only -targets "$targets" $gen >/dev/null
 [ -d "$work/dora-qve/adapter" ] || go run ./scripts/genmodel -out "$work/dora-qve" -rank 16 -adapter-only -targets "$targets" -dora $gen >/dev/null
+[ -d "$work/r32/adapter" ] || go run ./scripts/genmodel -out "$work/r32" -rank 32 -adapter-only $gen >/dev/null
+[ -d "$work/r16a/adapter" ] || go run ./scripts/genmodel -out "$work/r16a" -rank 16 -seed 2 -adapter-only $gen >/dev/null
+[ -d "$work/r16b/adapter" ] || go run ./scripts/genmodel -out "$work/r16b" -rank 16 -seed 3 -adapter-only $gen >/dev/null
 
 # best runs a merge five times and prints the best wall time in seconds.
-best() { # adapter
-	local b=""
+best() { # adapter...
+	local b="" args=()
+	for a in "$@"; do args+=(--adapter "$work/$a/adapter"); done
 	for _ in 1 2 3 4 5; do
 		rm -rf "$work/out"
 		sync
 		local s e t
 		s=$(date +%s.%N)
-		"$work/hfmerge" merge --base "$work/base" --adapter "$work/$1/adapter" --out "$work/out" --progress none 2>/dev/null
+		"$work/hfmerge" merge --base "$work/base" "${args[@]}" --out "$work/out" --progress none 2>/dev/null
 		e=$(date +%s.%N)
 		t=$(echo "$e - $s" | bc -l)
 		if [ -z "$b" ] || [ "$(echo "$t < $b" | bc -l)" = 1 ]; then b=$t; fi
@@ -44,6 +48,10 @@ l=$(best lora-qve)
 printf '%-40s %6s s\n' "LoRA r16 on q_proj, v_proj, embedding" "$l"
 d=$(best dora-qve)
 printf '%-40s %6s s   %.2fx LoRA\n' "DoRA r16 on the same" "$d" "$(echo "$d / $l" | bc -l)"
+r=$(best r32)
+printf '%-40s %6s s\n' "LoRA r32 on all projections" "$r"
+st=$(best r16a r16b)
+printf '%-40s %6s s   %.2fx r32\n' "two LoRA r16 stacked, all projections" "$st" "$(echo "$st / $r" | bc -l)"
 
 # The kernel Kernels() puts first, as the merge above used (or HFMERGE_KERNEL).
 k=${HFMERGE_KERNEL:-$(grep -q avx512f /proc/cpuinfo && echo avx512 || (grep -q avx2 /proc/cpuinfo && echo avx2 || echo go))}

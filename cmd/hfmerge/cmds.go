@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -20,12 +23,31 @@ func load(ctx context.Context, o *options) (*hfmerge.Inputs, error) {
 	if err != nil {
 		return nil, err
 	}
-	adapter, err := o.sources.Adapter(ctx, o.adapter)
-	if err != nil {
-		base.Close()
-		return nil, err
+	var stack []hfmerge.StackedAdapter
+	for _, spec := range o.adapters {
+		spec, weight := adapterWeight(spec)
+		a, err := o.sources.Adapter(ctx, spec)
+		if err != nil {
+			base.Close()
+			for _, s := range stack {
+				s.Source.Close()
+			}
+			return nil, err
+		}
+		stack = append(stack, hfmerge.StackedAdapter{Source: a, Weight: weight})
 	}
-	return hfmerge.Load(ctx, base, adapter, o.plan)
+	return hfmerge.LoadStack(ctx, base, stack, o.plan)
+}
+
+// adapterWeight splits SRC[:WEIGHT]; a SRC that ends in something other than a number
+// after its last colon keeps it.
+func adapterWeight(spec string) (string, float64) {
+	if i := strings.LastIndexByte(spec, ':'); i > 0 {
+		if w, err := strconv.ParseFloat(spec[i+1:], 64); err == nil && !math.IsNaN(w) && !math.IsInf(w, 0) {
+			return spec[:i], w
+		}
+	}
+	return spec, 1
 }
 
 func planCmd(c *cli.Context, st *state) error {

@@ -16,7 +16,8 @@ import (
 func commonFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "base", Usage: "the base model: a local `DIR`, or a Hub repo owner/name[@revision]"},
-		&cli.StringFlag{Name: "adapter", Usage: "the LoRA adapter: a local `DIR` or a Hub repo, holding adapter_config.json and adapter_model.safetensors"},
+		&cli.StringSliceFlag{Name: "adapter", Usage: "the LoRA adapter: a local `DIR` or a Hub repo, holding adapter_config.json and adapter_model.safetensors; " +
+			"give it more than once to merge several in one pass, each as SRC[:WEIGHT]"},
 		&cli.StringFlag{Name: "token", Usage: "Hugging Face access `TOKEN` (default: HF_TOKEN, HUGGING_FACE_HUB_TOKEN, then the token file)"},
 		&cli.BoolFlag{Name: "offline", Usage: "use only the HF cache; never contact the Hub (also HF_HUB_OFFLINE=1)"},
 		&cli.StringFlag{Name: "cache-dir", Usage: "the HF hub cache `DIR` (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)"},
@@ -24,6 +25,7 @@ func commonFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "keep-base", Usage: "keep the base's files this run downloads (default: stream them and keep nothing)"},
 		&cli.StringFlag{Name: "dtype", Value: "keep", Usage: "output dtype of float tensors: keep, bf16, fp16 or fp32"},
 		&cli.StringFlag{Name: "tied-embeddings", Value: "untie", Usage: "when the adapter changes one side of tied embeddings: untie (the merged model computes what base + adapter did) or fold (add into the shared tensor, as PEFT does)"},
+		&cli.StringFlag{Name: "expert-layout", Usage: "how to read square expert parameters of an adapter trained on MoE experts (target_parameters) when neither the shapes nor the PEFT version settle it: out-in (PEFT 0.19.1 and later) or in-out (PEFT 0.18 and earlier)"},
 		&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "cores to merge with"},
 		&cli.StringFlag{Name: "progress", Value: "auto", Usage: "auto, bar, plain or none (HF_HUB_DISABLE_PROGRESS_BARS=1 turns bars off)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
@@ -51,22 +53,24 @@ func pushFlags() []cli.Flag {
 
 // options are the command-line choices every command shares, checked.
 type options struct {
-	base, adapter string
-	plan          mergeplan.Options
-	merge         merge.Options
-	progress      string
-	logFormat     string
-	token         string // as given or found
-	tokenFrom     string // where it came from, for messages
-	offline       bool
-	sources       hfmerge.Sources
+	base      string
+	adapters  []string
+	plan      mergeplan.Options
+	merge     merge.Options
+	progress  string
+	logFormat string
+	token     string // as given or found
+	tokenFrom string // where it came from, for messages
+	offline   bool
+	sources   hfmerge.Sources
 }
 
 func readOptions(c *cli.Context, st *state) (*options, error) {
 	o := &options{
-		base:      c.String("base"),
-		adapter:   c.String("adapter"),
-		plan:      mergeplan.Options{DType: mergeplan.DTypeChoice(c.String("dtype")), Tied: mergeplan.Tied(c.String("tied-embeddings"))},
+		base:     c.String("base"),
+		adapters: c.StringSlice("adapter"),
+		plan: mergeplan.Options{DType: mergeplan.DTypeChoice(c.String("dtype")), Tied: mergeplan.Tied(c.String("tied-embeddings")),
+			Experts: mergeplan.ExpertLayout(c.String("expert-layout"))},
 		merge:     merge.Options{Jobs: c.Int("jobs")},
 		progress:  c.String("progress"),
 		logFormat: c.String("log-format"),
@@ -89,7 +93,7 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 		return nil, usageErr("--local-dir and --cache-dir cannot be used together")
 	case o.base == "":
 		return nil, usageErr("--base is required")
-	case o.adapter == "":
+	case len(o.adapters) == 0:
 		return nil, usageErr("--adapter is required")
 	case o.merge.Jobs < 1:
 		return nil, usageErr("--jobs must be at least 1")
@@ -103,6 +107,11 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 	case mergeplan.Untie, mergeplan.Fold:
 	default:
 		return nil, usageErr("--tied-embeddings %q: want untie or fold", o.plan.Tied)
+	}
+	switch o.plan.Experts {
+	case "", mergeplan.ExpertOutIn, mergeplan.ExpertInOut:
+	default:
+		return nil, usageErr("--expert-layout %q: want out-in or in-out", o.plan.Experts)
 	}
 	switch o.progress {
 	case "auto", "bar", "plain", "none":

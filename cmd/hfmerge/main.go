@@ -118,15 +118,17 @@ var errReported = errors.New("reported")
 
 func newApp(st *state) *cli.App {
 	return &cli.App{
-		Name:                 "hfmerge",
-		Usage:                "merge a LoRA adapter into a model, shard by shard, and publish it",
-		Version:              hfmerge.Version(),
-		Writer:               st.stdout,
-		ErrWriter:            st.stderr,
-		Suggest:              true,
-		EnableBashCompletion: true,
-		ExitErrHandler:       func(*cli.Context, error) {}, // run decides the exit status
-		OnUsageError:         onUsageError,
+		Name:      "hfmerge",
+		Usage:     "merge a LoRA adapter into a model, shard by shard, and publish it",
+		Version:   hfmerge.Version(),
+		Writer:    st.stdout,
+		ErrWriter: st.stderr,
+		Suggest:   true,
+		// --adapter may name several adapters; a path may hold a comma.
+		DisableSliceFlagSeparator: true,
+		EnableBashCompletion:      true,
+		ExitErrHandler:            func(*cli.Context, error) {}, // run decides the exit status
+		OnUsageError:              onUsageError,
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				return usageErr("unknown command %q%s", c.Args().First(), suggestCommand(c, c.Args().First()))
