@@ -50,6 +50,9 @@ type Provenance struct {
 	Adapter SourceID          `json:"adapter"`
 	Options map[string]string `json:"options"`
 	Files   map[string]FileID `json:"files"`
+	// BaseFiles is the identity of every base shard the model was merged from (push
+	// records each one's sha256; see baseid.go).
+	BaseFiles map[string]FileID `json:"base_files,omitempty"`
 }
 
 // identify names a source's exact content. full reads every byte of a local

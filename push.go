@@ -95,15 +95,16 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 
 // pusher runs one push.
 type pusher struct {
-	l     *Inputs
-	p     *mergeplan.Plan
-	o     PushOptions
-	t     *upload.Target
-	prov  *Provenance
-	j     *journal
-	tmp   string
-	start time.Time
-	res   *PushResult
+	l      *Inputs
+	p      *mergeplan.Plan
+	o      PushOptions
+	t      *upload.Target
+	prov   *Provenance
+	j      *journal
+	tmp    string
+	stamps map[string]string // base file → fileStamp when the push started
+	start  time.Time
+	res    *PushResult
 }
 
 // upToDate reports a result when the target already holds this merge: the branch's
@@ -251,7 +252,11 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 				"repo", ps.t.Repo.String())
 		}
 	}
-	ps.j = openJournal(filepath.Join(work, "journal-"+id+".json"), ps.prov.Inputs, target)
+	ps.stamps = ps.baseStamps()
+	ps.j = openJournal(filepath.Join(work, "journal-"+id+".json"), ps.prov.Inputs, target, ps.stamps)
+	if ps.j.stale {
+		o.Log.Warn("a base file changed since the interrupted push recorded it; starting that push over")
+	}
 	sch := &schedule{ps: ps, budget: budget}
 	if err := sch.run(ctx); err != nil {
 		return nil, err
@@ -330,6 +335,12 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 		c.Files = append(c.Files, hub.CommitFile{Path: e.name, Content: e.data})
 		ps.prov.Files[e.name] = smallFileID(e.data)
 		keep[e.name] = true
+	}
+	if err := ps.checkBaseUnchanged(); err != nil {
+		return nil, err
+	}
+	if ps.prov.BaseFiles, err = ps.baseFiles(); err != nil {
+		return nil, err
 	}
 	rev := ps.branch()
 	if entries, err := ps.t.Client.Tree(ctx, ps.t.Repo, rev, "", true); err == nil {
