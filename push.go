@@ -23,8 +23,9 @@ import (
 // PushOptions tune Push.
 type PushOptions struct {
 	Target  upload.Target
-	Private bool   // create the repo private
-	Message string // the commit's title; "" gives one naming the inputs
+	Private bool       // create the repo private
+	Message string     // the commit's title; "" gives one naming the inputs
+	Card    CardPolicy // what to do with a model card on the Hub; "" is CardKeep
 	// DiskBudget is the disk the run may use for merged shards; < 0 is the default:
 	// the largest shard and 5%, at most the free space. It only decides how shards are
 	// staged (see the README's "The push schedule"), never whether the push can run.
@@ -324,7 +325,17 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 	if c.Summary == "" {
 		c.Summary = fmt.Sprintf("Merge %s into %s with hfmerge", sourceName(ps.l.Adapter), sourceName(ps.l.Base))
 	}
-	keep := map[string]bool{ProvenanceFile: true}
+	keepCard, why, err := keepHubCard(ctx, ps.t, ps.branch(), ps.o.Card)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case keepCard:
+		ps.o.Log.Warn("keeping the model card on the Hub: "+why+"; --card replace writes hfmerge's", "repo", ps.t.Repo.String())
+	case ps.o.Card == CardReplace:
+		ps.o.Log.Info("replacing the model card with hfmerge's (--card replace)", "repo", ps.t.Repo.String())
+	}
+	keep := map[string]bool{ProvenanceFile: true, "README.md": true}
 	for _, s := range ps.p.Shards {
 		js, _ := ps.j.get(s.Name, s.Size())
 		c.LFS = append(c.LFS, hub.CommitLFS{Path: s.Name, OID: js.SHA256, Size: s.Size()})
@@ -332,6 +343,9 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 		keep[s.Name] = true
 	}
 	for _, e := range extras {
+		if keepCard && e.name == "README.md" {
+			continue
+		}
 		c.Files = append(c.Files, hub.CommitFile{Path: e.name, Content: e.data})
 		ps.prov.Files[e.name] = smallFileID(e.data)
 		keep[e.name] = true

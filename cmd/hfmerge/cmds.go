@@ -116,6 +116,10 @@ func pushCmd(c *cli.Context, st *state) error {
 			return usageErr("--disk-budget %q: %v", s, err)
 		}
 	}
+	card := hfmerge.CardPolicy(c.String("card"))
+	if card != hfmerge.CardKeep && card != hfmerge.CardReplace {
+		return usageErr("--card %q: want keep or replace", c.String("card"))
+	}
 	if o.token == "" {
 		return hfmerge.ErrNoToken
 	}
@@ -138,7 +142,7 @@ func pushCmd(c *cli.Context, st *state) error {
 		return err
 	}
 	m := st.meter(o.progress)
-	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"),
+	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"), Card: card,
 		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event})
 	m.finish()
 	if err != nil {

@@ -46,6 +46,7 @@ func pushFlags() []cli.Flag {
 		&cli.StringFlag{Name: "revision", Value: "main", Usage: "commit to `BRANCH`"},
 		&cli.BoolFlag{Name: "pr", Usage: "open a pull request instead of committing to the branch"},
 		&cli.StringFlag{Name: "message", Usage: "the commit's title"},
+		&cli.StringFlag{Name: "card", Value: "keep", Usage: "the model card on the Hub: keep (unless it is the one hfmerge wrote) or replace"},
 		&cli.StringFlag{Name: "disk-budget", Usage: "disk the run may use for merged shards, e.g. 20GB (default: the largest shard and 5%, at most the free space)"},
 		&cli.StringFlag{Name: "work-dir", Usage: "`DIR` for merged shards and the journal (default: HF_HOME/hfmerge)"},
 	}

@@ -221,3 +221,41 @@ func TestPushOverMoreShards(t *testing.T) {
 		t.Errorf("index: %v\n%s", err, idx)
 	}
 }
+
+// TestPushKeepsEditedCard: hfmerge replaces its own card, keeps one edited on the Hub
+// (and says so), and replaces that one only with --card replace.
+func TestPushKeepsEditedCard(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	if code, _, stderr := e.push(t, aliceWrite); code != 0 {
+		t.Fatal(stderr)
+	}
+	// hfmerge's own card is replaced by a new push.
+	code, _, stderr := e.push(t, aliceWrite, "--dtype", "fp32")
+	if code != 0 || strings.Contains(stderr, "keeping the model card") {
+		t.Fatalf("own card: exit %d\n%s", code, stderr)
+	}
+	mine := []byte("---\nlicense: mit\n---\n# My merged model\n\nWritten by hand.\n")
+	if _, err := e.h.Seed("alice/merged", map[string][]byte{"README.md": mine}); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = e.push(t, aliceWrite, "--dtype", "fp16")
+	if code != 0 || !strings.Contains(stderr, "keeping the model card on the Hub") {
+		t.Fatalf("edited card: exit %d\n%s", code, stderr)
+	}
+	if got, _ := e.h.File("alice/merged", "main", "README.md"); !bytes.Equal(got, mine) {
+		t.Errorf("the edited card was overwritten:\n%s", got)
+	}
+	if cfg, _ := e.h.File("alice/merged", "main", "config.json"); !bytes.Contains(cfg, []byte(`"float16"`)) {
+		t.Errorf("the push did not publish the new model: %s", cfg)
+	}
+	code, _, stderr = e.push(t, aliceWrite, "--card", "replace")
+	if code != 0 || !strings.Contains(stderr, "replacing the model card") {
+		t.Fatalf("--card replace: exit %d\n%s", code, stderr)
+	}
+	if got, _ := e.h.File("alice/merged", "main", "README.md"); bytes.Equal(got, mine) || !bytes.Contains(got, []byte("hfmerge")) {
+		t.Errorf("--card replace kept the card:\n%s", got)
+	}
+	if code, _, stderr := e.push(t, aliceWrite, "--card", "sometimes"); code != 2 || !strings.Contains(stderr, "--card") {
+		t.Errorf("--card sometimes: exit %d\n%s", code, stderr)
+	}
+}
