@@ -259,3 +259,31 @@ func TestPushKeepsEditedCard(t *testing.T) {
 		t.Errorf("--card sometimes: exit %d\n%s", code, stderr)
 	}
 }
+
+// TestPushJournalObjectGone: a journal that records shards as uploaded, then another
+// Hub (another endpoint, or the repo deleted and recreated) that lacks them: the rerun
+// asks the Hub, sends them again and commits.
+func TestPushJournalObjectGone(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 4, hubtest.WithMultipartChunkSize(128<<10))
+	e.h.Fault(hubtest.Fault{Route: hubtest.RoutePartPut, Delay: 20 * time.Millisecond, Times: -1})
+	e.killAfter(t, 2, "push", "--base", e.base, "--adapter", e.adapter, "--repo", "alice/merged", "--progress", "plain", "--jobs", "1")
+	journals, _ := filepath.Glob(filepath.Join(e.home, "hf", "hfmerge", "journal-*.json"))
+	if len(journals) != 1 {
+		t.Fatalf("journals: %v", journals)
+	}
+	if b, _ := os.ReadFile(journals[0]); !bytes.Contains(b, []byte(`"uploaded": true`)) {
+		t.Fatalf("the journal records no upload:\n%s", b)
+	}
+	e.h = hubtest.New(hubtest.WithToken(aliceWrite, "alice", hubtest.ScopeWrite)).Start(t)
+	code, stdout, stderr := e.pushLocal(t, "alice/merged")
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	e.samePublished(t, "alice/merged")
+	st := e.h.Stats()
+	for name, b := range e.shards {
+		if st.ObjectUploads[sum(b)] != int64(len(b)) {
+			t.Errorf("%s: %d bytes sent to the new Hub, want %d", name, st.ObjectUploads[sum(b)], len(b))
+		}
+	}
+}
