@@ -287,3 +287,36 @@ func TestPushJournalObjectGone(t *testing.T) {
 		}
 	}
 }
+
+// TestPushConcurrent: a second push of the same inputs to the same target while the
+// first runs fails at once, saying another push holds it; the first one publishes the
+// model as merged locally.
+func TestPushConcurrent(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 4, hubtest.WithMultipartChunkSize(128<<10))
+	e.h.Fault(hubtest.Fault{Route: hubtest.RoutePartPut, Delay: 20 * time.Millisecond, Times: -1})
+	first := e.cmd(aliceWrite, "push", "--base", e.base, "--adapter", e.adapter, "--repo", "alice/merged", "--progress", "plain")
+	stderr, _ := first.StderrPipe()
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var log []string
+	second := false
+	for sc.Scan() {
+		log = append(log, sc.Text())
+		if !second && strings.Contains(sc.Text(), "shard ") {
+			second = true
+			code, _, errOut := e.pushLocal(t, "alice/merged")
+			if code != 1 || !strings.Contains(errOut, "another hfmerge is pushing") {
+				t.Errorf("second push: exit %d\n%s", code, errOut)
+			}
+		}
+	}
+	if err := first.Wait(); err != nil || !second {
+		t.Fatalf("first push: %v (second run: %v)\n%s", err, second, strings.Join(log, "\n"))
+	}
+	e.samePublished(t, "alice/merged")
+	if n := e.h.Stats().Commits["alice/merged@main"]; n != 1 {
+		t.Errorf("%d commits", n)
+	}
+}
