@@ -88,7 +88,11 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 		return done, err
 	}
 	res, err := ps.run(ctx)
-	if err != nil && ctx.Err() == nil {
+	switch {
+	case err == nil, ctx.Err() != nil, errors.Is(err, hub.ErrCommitUnknown):
+	case ps.created:
+		err = fmt.Errorf("%w (nothing was committed, and %s, which this push created, is empty; running the same push again resumes it)", err, ps.t.Repo)
+	default:
 		err = fmt.Errorf("%w (nothing was committed; running the same push again resumes it)", err)
 	}
 	return res, err
@@ -96,16 +100,17 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 
 // pusher runs one push.
 type pusher struct {
-	l      *Inputs
-	p      *mergeplan.Plan
-	o      PushOptions
-	t      *upload.Target
-	prov   *Provenance
-	j      *journal
-	tmp    string
-	stamps map[string]string // base file → fileStamp when the push started
-	start  time.Time
-	res    *PushResult
+	l       *Inputs
+	p       *mergeplan.Plan
+	o       PushOptions
+	t       *upload.Target
+	prov    *Provenance
+	j       *journal
+	tmp     string
+	created bool              // the repo did not exist before this push
+	stamps  map[string]string // base file → fileStamp when the push started
+	start   time.Time
+	res     *PushResult
 }
 
 // upToDate reports a result when the target already holds this merge: the branch's
@@ -247,6 +252,7 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", ps.t.Repo, err)
 	}
+	ps.created = !existed
 	if existed && o.Private {
 		if info, err := ps.t.Client.RepoInfo(ctx, ps.t.Repo, ""); err == nil && !info.Private {
 			o.Log.Warn("the repo exists and is public; --private applies only to a repo push creates, so the merged model will be public",
@@ -377,7 +383,7 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 		}
 		var he *hub.HTTPError
 		if errors.As(err, &he) && he.Status == 412 {
-			return nil, fmt.Errorf("%w: the branch moved while the push ran; the uploaded shards stay on the Hub", err)
+			return nil, fmt.Errorf("%w: the branch moved while the push ran; the uploaded shards stay on the Hub, and a rerun commits them on the new head", err)
 		}
 		return nil, err
 	}

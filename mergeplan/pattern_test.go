@@ -44,3 +44,12 @@ func TestCatastrophicPattern(t *testing.T) {
 	}
 	t.Logf("refused in %v", took)
 }
+
+// TestRankTooLarge: an r beyond any rank is reported as too large, not as "want an
+// integer" (it is one).
+func TestRankTooLarge(t *testing.T) {
+	_, err := mergeplan.ParseAdapterConfig([]byte(`{"peft_type": "LORA", "r": 1e12}`))
+	if err == nil || !strings.Contains(err.Error(), "too large") || strings.Contains(err.Error(), "want an integer") {
+		t.Errorf("r = 1e12: %v", err)
+	}
+}

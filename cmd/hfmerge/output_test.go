@@ -79,3 +79,19 @@ func TestTokenEchoed(t *testing.T) {
 		}
 	}
 }
+
+// TestPushCommitRefused: a 412 on the commit (the branch moved) says that rerunning
+// hfmerge resumes, and that the repo this push created is empty; the rerun commits.
+func TestPushCommitRefused(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	f := e.h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, Status: 412, Message: "A commit has happened since. Please refresh and try again."})
+	code, _, stderr := e.push(t, aliceWrite)
+	if code != 1 || f.Fired() != 1 || !strings.Contains(stderr, "running the same push again resumes it") ||
+		!strings.Contains(stderr, "alice/merged, which this push created, is empty") {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := e.push(t, aliceWrite); code != 0 {
+		t.Fatalf("rerun: exit %d\n%s", code, stderr)
+	}
+	e.checkPublished(t, "main")
+}
