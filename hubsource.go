@@ -337,6 +337,7 @@ type offline struct {
 	src  *hubSource
 	find func(path string) (string, bool)
 	dir  func() (string, bool)
+	why  string // why the Hub is not asked, for messages
 }
 
 func (c *offline) file(path string) (cache.File, bool) {
@@ -353,7 +354,7 @@ func (c *offline) file(path string) (cache.File, bool) {
 }
 
 func (c *offline) missing(path string) error {
-	return fmt.Errorf("%s is not in the cache for %s, and the Hub may not be contacted (offline): %w", path, c.src, ErrNotFound)
+	return fmt.Errorf("%s is not in the cache for %s, and %s: %w", path, c.src, c.why, ErrNotFound)
 }
 
 func (c *offline) local(path string) (string, bool) { return c.find(path) }
@@ -369,5 +370,5 @@ func (c *offline) files() (map[string]int64, error) {
 }
 
 func (c *offline) remote(context.Context, string) (remote, error) {
-	return nil, fmt.Errorf("not in the cache for %s, and the Hub may not be contacted (offline): %w", c.src, ErrNotFound)
+	return nil, fmt.Errorf("not in the cache for %s, and %s: %w", c.src, c.why, ErrNotFound)
 }

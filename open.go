@@ -156,10 +156,29 @@ func (o *Sources) hubSource(ctx context.Context, role string, repo hub.Repo, rev
 			}
 			s.commit = commit
 		}
-		s.at = &offline{src: s, find: find, dir: dir}
+		s.at = &offline{src: s, find: find, dir: dir, why: "the Hub may not be contacted (offline)"}
 		return s, nil
 	}
 	info, err := o.Client.RepoInfo(ctx, repo, rev)
+	if errors.Is(err, hub.ErrUnreachable) {
+		// As huggingface_hub does: with the Hub out of reach, the cache's snapshot of the
+		// revision (a commit, or the ref's last known commit) serves, and the run says so.
+		commit, ok := hc.Commit(repo.CacheName(), rev)
+		if localDir != "" {
+			ok = true
+		}
+		if !ok {
+			return nil, fmt.Errorf("%s %s@%s: %w; and revision %s is not in the HF cache (%s) to fall back on: check the network and HF_ENDPOINT, or fetch it once and run with --offline",
+				role, repo, rev, err, rev, cacheDir)
+		}
+		s.commit = commit
+		s.at = &offline{src: s, find: find, dir: dir, why: "the Hub cannot be reached"}
+		if o.Log != nil {
+			o.Log.Warn("the Hub cannot be reached; using the HF cache's copy", "source", role, "repo", repo.String(), "revision", rev,
+				"commit", commit, "error", err.Error())
+		}
+		return s, nil
+	}
 	if err != nil {
 		if errors.Is(err, hub.ErrRepoNotFound) && o.Anonymous {
 			return nil, fmt.Errorf("%s %s@%s: %w (if it is private or gated, give a token with --token or HF_TOKEN)", role, repo, rev, err)

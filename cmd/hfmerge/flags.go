@@ -114,7 +114,11 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 	}
 	o.sources = hfmerge.Sources{CacheDir: c.String("cache-dir"), LocalDir: c.String("local-dir"), KeepBase: c.Bool("keep-base"), Log: st.log}
 	if !o.offline {
-		client, err := hub.New(hub.Options{Token: o.token, UserAgent: "hfmerge/" + hfmerge.Version(), Logger: st.log})
+		ho := hub.Options{Token: o.token, UserAgent: "hfmerge/" + hfmerge.Version(), Logger: st.log}
+		if err := netOptions(&ho); err != nil {
+			return nil, err
+		}
+		client, err := hub.New(ho)
 		if err != nil {
 			return nil, err
 		}
