@@ -320,3 +320,42 @@ func TestPushConcurrent(t *testing.T) {
 		t.Errorf("%d commits", n)
 	}
 }
+
+// TestPushLinksOut: a file of a local base that is a link out of its directory is not
+// published (a link inside it is), and the commit description names the local adapter
+// by its directory's name only.
+func TestPushLinksOut(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	secret := filepath.Join(t.TempDir(), "secret.txt")
+	if err := os.WriteFile(secret, []byte("not for the Hub"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(e.base, "LICENSE")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.base, "gen.json"), []byte(`{"do_sample": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(e.base, "generation_config.json"))
+	if err := os.Symlink("gen.json", filepath.Join(e.base, "generation_config.json")); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := e.pushLocal(t, "alice/merged")
+	if code != 0 || !strings.Contains(stderr, "a link out of its directory") {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if b, err := e.h.File("alice/merged", "main", "LICENSE"); err == nil {
+		t.Errorf("LICENSE, a link out of the base, was published: %q", b)
+	}
+	if b, err := e.h.File("alice/merged", "main", "generation_config.json"); err != nil || !bytes.Contains(b, []byte("do_sample")) {
+		t.Errorf("generation_config.json, a link inside the base: %v %q", err, b)
+	}
+	hist, err := e.h.History("alice/merged", "main")
+	if err != nil || len(hist) == 0 {
+		t.Fatal(err)
+	}
+	desc := hist[0].Title + "\n" + hist[0].Description
+	if strings.Contains(desc, filepath.Dir(e.adapter)) || !strings.Contains(desc, "Adapter: adapter") {
+		t.Errorf("commit message names the adapter's path:\n%s", desc)
+	}
+}
