@@ -253,6 +253,16 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 		return nil, fmt.Errorf("creating %s: %w", ps.t.Repo, err)
 	}
 	ps.created = !existed
+	if b := ps.branch(); b != "main" {
+		// As `hf upload --revision` does: a missing branch starts at the default branch.
+		made, err := ps.t.Client.CreateBranch(ctx, ps.t.Repo, b, "")
+		if err != nil {
+			return nil, fmt.Errorf("creating branch %s of %s: %w", b, ps.t.Repo, err)
+		}
+		if made {
+			o.Log.Info("created the branch from the default branch", "repo", ps.t.Repo.String(), "branch", b)
+		}
+	}
 	if existed && o.Private {
 		if info, err := ps.t.Client.RepoInfo(ctx, ps.t.Repo, ""); err == nil && !info.Private {
 			o.Log.Warn("the repo exists and is public; --private applies only to a repo push creates, so the merged model will be public",

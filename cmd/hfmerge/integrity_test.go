@@ -359,3 +359,22 @@ func TestPushLinksOut(t *testing.T) {
 		t.Errorf("commit message names the adapter's path:\n%s", desc)
 	}
 }
+
+// TestPushNewBranch: --revision naming a missing branch creates it from the default
+// branch, as `hf upload --revision` does, and commits there; main does not move.
+func TestPushNewBranch(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	code, _, stderr := e.push(t, aliceWrite, "--revision", "dev")
+	if code != 0 || !strings.Contains(stderr, "created the branch") {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	main, _ := e.h.Head("alice/merged", "main")
+	hist, err := e.h.History("alice/merged", "dev")
+	if err != nil || len(hist) < 2 || hist[1].ID != main {
+		t.Errorf("dev's history %v does not start at main's head %s (%v)", hist, main, err)
+	}
+	e.checkPublished(t, "dev")
+	if files, _ := e.h.Files("alice/merged", "main"); len(files) > 1 {
+		t.Errorf("main moved: %v", files)
+	}
+}

@@ -191,6 +191,8 @@ func (h *Hub) dispatch(c *call) {
 		h.commit(c)
 	case RouteXetToken:
 		h.xetToken(c)
+	case RouteBranch:
+		h.createBranch(c)
 	case RouteBatch:
 		h.batch(c)
 	case RouteVerify:
