@@ -32,4 +32,3 @@ func TestRefMode(t *testing.T) {
 		}
 	}
 }
-
