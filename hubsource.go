@@ -41,6 +41,14 @@ type hubSource struct {
 
 func (s *hubSource) received() int64 { return s.got.Load() }
 
+// storeRoot is the directory files are fetched into.
+func (s *hubSource) storeRoot() string {
+	if r, ok := s.store.(interface{ Root() string }); ok {
+		return r.Root()
+	}
+	return ""
+}
+
 // isLocal says whether reading the file costs no download: it is in the store, or it
 // will be fetched into it and kept there.
 func (s *hubSource) isLocal(path string) bool {

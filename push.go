@@ -247,6 +247,9 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 	if err := checkSizes(ps.p, o.Log); err != nil {
 		return nil, err
 	}
+	if err := checkKeepSpace(ctx, ps.l, ps.p, o.disk); err != nil {
+		return nil, err
+	}
 	o.Log.Info("pushing", "target", target, "shards", len(ps.p.Shards), "size", human(total), "disk_budget", human(budget))
 	_, existed, err := ps.t.Client.CreateRepo(ctx, ps.t.Repo, o.Private)
 	if err != nil {
