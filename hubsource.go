@@ -41,6 +41,14 @@ type hubSource struct {
 
 func (s *hubSource) received() int64 { return s.got.Load() }
 
+// storeRoot is the directory files are fetched into.
+func (s *hubSource) storeRoot() string {
+	if r, ok := s.store.(interface{ Root() string }); ok {
+		return r.Root()
+	}
+	return ""
+}
+
 // isLocal says whether reading the file costs no download: it is in the store, or it
 // will be fetched into it and kept there.
 func (s *hubSource) isLocal(path string) bool {
@@ -337,6 +345,7 @@ type offline struct {
 	src  *hubSource
 	find func(path string) (string, bool)
 	dir  func() (string, bool)
+	why  string // why the Hub is not asked, for messages
 }
 
 func (c *offline) file(path string) (cache.File, bool) {
@@ -353,7 +362,7 @@ func (c *offline) file(path string) (cache.File, bool) {
 }
 
 func (c *offline) missing(path string) error {
-	return fmt.Errorf("%s is not in the cache for %s, and the Hub may not be contacted (offline): %w", path, c.src, ErrNotFound)
+	return fmt.Errorf("%s is not in the cache for %s, and %s: %w", path, c.src, c.why, ErrNotFound)
 }
 
 func (c *offline) local(path string) (string, bool) { return c.find(path) }
@@ -369,5 +378,5 @@ func (c *offline) files() (map[string]int64, error) {
 }
 
 func (c *offline) remote(context.Context, string) (remote, error) {
-	return nil, fmt.Errorf("not in the cache for %s, and the Hub may not be contacted (offline): %w", c.src, ErrNotFound)
+	return nil, fmt.Errorf("not in the cache for %s, and %s: %w", c.src, c.why, ErrNotFound)
 }

@@ -22,17 +22,25 @@ type journal struct {
 	Inputs string                   `json:"inputs"`
 	Target string                   `json:"target"`
 	Shards map[string]*journalShard `json:"shards"`
+	stale  bool                     // a base file changed since the journal was written
 }
 
 type journalShard struct {
 	SHA256   string `json:"sha256"`
 	Size     int64  `json:"size"`
 	Uploaded bool   `json:"uploaded"`
+	// Base is the sha256 of the base file the shard was merged from, and BaseStamp
+	// that file's cheap identity when it was (see baseid.go); both empty for a Hub base
+	// whose listing gives no digest.
+	BaseFile  string `json:"base_file,omitempty"`
+	Base      string `json:"base_sha256,omitempty"`
+	BaseStamp string `json:"base_stamp,omitempty"`
 }
 
 // openJournal reads the journal at path, or starts an empty one; a journal that does not
-// parse or is for other inputs is started again.
-func openJournal(path, inputs, target string) *journal {
+// parse, is for other inputs, or records a base file whose stamp is not its stamp now
+// (stamps: base file → fileStamp) is started again.
+func openJournal(path, inputs, target string, stamps map[string]string) *journal {
 	j := &journal{path: path, Inputs: inputs, Target: target, Shards: map[string]*journalShard{}}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -41,6 +49,14 @@ func openJournal(path, inputs, target string) *journal {
 	var old journal
 	if json.Unmarshal(b, &old) == nil && old.Inputs == inputs && old.Target == target && old.Shards != nil {
 		j.Shards = old.Shards
+	}
+	for _, s := range j.Shards {
+		if s.BaseStamp != "" && stamps[s.BaseFile] != s.BaseStamp {
+			j.stale = true
+		}
+	}
+	if j.stale {
+		j.Shards = map[string]*journalShard{}
 	}
 	return j
 }
@@ -59,6 +75,9 @@ func (j *journal) get(name string, size int64) (journalShard, bool) {
 func (j *journal) set(name string, s journalShard) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if old, ok := j.Shards[name]; ok && s.Base == "" && old.SHA256 == s.SHA256 {
+		s.BaseFile, s.Base, s.BaseStamp = old.BaseFile, old.Base, old.BaseStamp // an upload record keeps what learning found
+	}
 	j.Shards[name] = &s
 	b, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {

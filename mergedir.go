@@ -45,6 +45,9 @@ func MergeDir(ctx context.Context, l *Inputs, p *mergeplan.Plan, dir string, o M
 	if err := checkEmpty(dir, o.Force); err != nil {
 		return err
 	}
+	if err := checkKeepSpace(ctx, l, p, o.disk); err != nil {
+		return err
+	}
 	prov, err := newProvenance(l, l.in.Options)
 	if err != nil {
 		return err

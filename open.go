@@ -85,19 +85,42 @@ func (o *Sources) openSource(ctx context.Context, role, v string, keep bool, loc
 	if IsLocal(v) {
 		s, err := newLocal(role, expandHome(v), o.opener())
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, &UsageError{fmt.Errorf("%s %s: no such local directory (and, as a path, it is not taken for a Hub repo id)", role, v)}
+			return nil, &UsageError{fmt.Errorf("%s %s: no local directory %s, and no Hub repo %s (as a path, it is not taken for a Hub repo id)", role, v, v, v)}
 		}
 		return s, err
 	}
 	repo, rev, err := hub.ParseRepo(v)
 	if err != nil {
-		return nil, &UsageError{fmt.Errorf("%s %q: no local directory of that name, and not a Hub repo id (owner/name[@revision]): %v", role, v, err)}
+		return nil, &UsageError{fmt.Errorf("%s %s: no local directory %s, and not a Hub repo id (owner/name[@revision]): %v", role, v, v, err)}
+	}
+	if err := o.probeTypo(ctx, role, v, repo, rev); err != nil {
+		return nil, err
 	}
 	s, err := o.hubSource(ctx, role, repo, rev, keep, localDir)
 	if errors.Is(err, hub.ErrRepoNotFound) {
 		return nil, &UsageError{fmt.Errorf("%s %s: no local directory %s, and no Hub repo %s (%w)", role, v, v, repo, err)}
 	}
 	return s, err
+}
+
+// probeTypo asks the Hub, without the token, whether a repo id whose owner is a local
+// directory (testdata/tiny-lama, with testdata/ here) exists: most likely it is a
+// mistyped path, and the token must not go out for a lookup the user did not mean. A
+// repo the anonymous lookup cannot see is reported as missing on both sides.
+func (o *Sources) probeTypo(ctx context.Context, role, v string, repo hub.Repo, rev string) error {
+	owner, _, _ := strings.Cut(repo.ID, "/")
+	if st, err := os.Stat(owner); err != nil || !st.IsDir() || o.Client == nil || o.Anonymous {
+		return nil
+	}
+	if rev == "" {
+		rev = "main"
+	}
+	_, err := o.Client.Anonymous().RepoInfo(ctx, repo, rev)
+	if errors.Is(err, hub.ErrRepoNotFound) {
+		return &UsageError{fmt.Errorf("%s %s: no local directory %s, and no Hub repo %s (%s/ is a local directory, so the Hub was asked without your token; for a private repo of that name, run from another directory)",
+			role, v, v, repo, owner)}
+	}
+	return nil
 }
 
 func (o *Sources) hubSource(ctx context.Context, role string, repo hub.Repo, rev string, keep bool, localDir string) (*hubSource, error) {
@@ -133,10 +156,29 @@ func (o *Sources) hubSource(ctx context.Context, role string, repo hub.Repo, rev
 			}
 			s.commit = commit
 		}
-		s.at = &offline{src: s, find: find, dir: dir}
+		s.at = &offline{src: s, find: find, dir: dir, why: "the Hub may not be contacted (offline)"}
 		return s, nil
 	}
 	info, err := o.Client.RepoInfo(ctx, repo, rev)
+	if errors.Is(err, hub.ErrUnreachable) {
+		// As huggingface_hub does: with the Hub out of reach, the cache's snapshot of the
+		// revision (a commit, or the ref's last known commit) serves, and the run says so.
+		commit, ok := hc.Commit(repo.CacheName(), rev)
+		if localDir != "" {
+			ok = true
+		}
+		if !ok {
+			return nil, fmt.Errorf("%s %s@%s: %w; and revision %s is not in the HF cache (%s) to fall back on: check the network and HF_ENDPOINT, or fetch it once and run with --offline",
+				role, repo, rev, err, rev, cacheDir)
+		}
+		s.commit = commit
+		s.at = &offline{src: s, find: find, dir: dir, why: "the Hub cannot be reached"}
+		if o.Log != nil {
+			o.Log.Warn("the Hub cannot be reached; using the HF cache's copy", "source", role, "repo", repo.String(), "revision", rev,
+				"commit", commit, "error", err.Error())
+		}
+		return s, nil
+	}
 	if err != nil {
 		if errors.Is(err, hub.ErrRepoNotFound) && o.Anonymous {
 			return nil, fmt.Errorf("%s %s@%s: %w (if it is private or gated, give a token with --token or HF_TOKEN)", role, repo, rev, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -70,9 +71,14 @@ func (l *Inputs) extras(ctx context.Context, p *mergeplan.Plan, title, use strin
 		out = append(out, extra{"config.json", cfg})
 	}
 	copied := map[string]bool{}
+	var outside []string
 	copyFrom := func(src Source, names []string) error {
 		for _, name := range names {
 			if copied[name] {
+				continue
+			}
+			if linksOut(src, name) {
+				outside = append(outside, filepath.Join(filepath.Base(filepath.Clean(src.Dir())), name))
 				continue
 			}
 			b, err := src.Read(ctx, name)
@@ -116,6 +122,9 @@ func (l *Inputs) extras(ctx context.Context, p *mergeplan.Plan, title, use strin
 	}
 	if err := copyFrom(l.Base, fromBase); err != nil {
 		return nil, err
+	}
+	if len(outside) > 0 && log != nil {
+		log.Warn("not published: a link out of its directory (copy the file in if the model needs it)", "files", strings.Join(outside, ", "))
 	}
 	if len(skipped) > 0 && log != nil {
 		log.Info("not published from the base (not a file the model needs)", "files", strings.Join(skipped, ", "))
@@ -167,4 +176,29 @@ func checkOut(out string, l *Inputs) error {
 		}
 	}
 	return nil
+}
+
+// linksOut says whether a local source's file is a symbolic link that leaves its
+// directory: publishing it would publish whatever it points at. A snapshot of the HF
+// cache is a folder of links into its repo's blobs, which stay inside the repo's folder.
+func linksOut(src Source, name string) bool {
+	dir := src.Dir()
+	if dir == "" {
+		return false
+	}
+	p := filepath.Join(dir, name)
+	if st, err := os.Lstat(p); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		return false
+	}
+	root := dir
+	if src.HubID() != "" {
+		root = filepath.Dir(filepath.Dir(dir)) // models--org--name, above snapshots/<commit>
+	}
+	rootAbs, err1 := filepath.EvalSymlinks(root)
+	target, err2 := filepath.EvalSymlinks(p)
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	rel, err := filepath.Rel(rootAbs, target)
+	return err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }

@@ -59,6 +59,9 @@ type Provenance struct {
 	Adapters []WeightedID      `json:"adapters,omitempty"`
 	Options  map[string]string `json:"options"`
 	Files   map[string]FileID `json:"files"`
+	// BaseFiles is the identity of every base shard the model was merged from (push
+	// records each one's sha256; see baseid.go).
+	BaseFiles map[string]FileID `json:"base_files,omitempty"`
 }
 
 // identify names a source's exact content. full reads every byte of a local

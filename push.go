@@ -23,8 +23,9 @@ import (
 // PushOptions tune Push.
 type PushOptions struct {
 	Target  upload.Target
-	Private bool   // create the repo private
-	Message string // the commit's title; "" gives one naming the inputs
+	Private bool       // create the repo private
+	Message string     // the commit's title; "" gives one naming the inputs
+	Card    CardPolicy // what to do with a model card on the Hub; "" is CardKeep
 	// DiskBudget is the disk the run may use for merged shards; < 0 is the default:
 	// the largest shard and 5%, at most the free space. It only decides how shards are
 	// staged (see the README's "The push schedule"), never whether the push can run.
@@ -100,7 +101,11 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 		return done, err
 	}
 	res, err := ps.run(ctx)
-	if err != nil && ctx.Err() == nil {
+	switch {
+	case err == nil, ctx.Err() != nil, errors.Is(err, hub.ErrCommitUnknown):
+	case ps.created:
+		err = fmt.Errorf("%w (nothing was committed, and %s, which this push created, is empty; running the same push again resumes it)", err, ps.t.Repo)
+	default:
 		err = fmt.Errorf("%w (nothing was committed; running the same push again resumes it)", err)
 	}
 	return res, err
@@ -108,17 +113,19 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 
 // pusher runs one push.
 type pusher struct {
-	l     *Inputs
-	p     *mergeplan.Plan
-	o     PushOptions
-	t     *upload.Target
-	prov  *Provenance
-	j     *journal
-	work  string // the work dir
-	id    string // this push's inputs and target, as a short digest
-	tmp   string // this push's merged shards: work/tmp-<id>
-	start time.Time
-	res   *PushResult
+	l       *Inputs
+	p       *mergeplan.Plan
+	o       PushOptions
+	t       *upload.Target
+	prov    *Provenance
+	j       *journal
+	work    string            // the work dir
+	id      string            // this push's inputs and target, as a short digest
+	tmp     string            // this push's merged shards: work/tmp-<id>
+	created bool              // the repo did not exist before this push
+	stamps  map[string]string // base file → fileStamp when the push started
+	start   time.Time
+	res     *PushResult
 }
 
 // upToDate reports a result when the target already holds this merge: the branch's
@@ -261,10 +268,24 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 	if err := checkSizes(ps.p, o.Log); err != nil {
 		return nil, err
 	}
+	if err := checkKeepSpace(ctx, ps.l, ps.p, o.disk); err != nil {
+		return nil, err
+	}
 	o.Log.Info("pushing", "target", target, "shards", len(ps.p.Shards), "size", human(total), "disk_budget", human(budget))
 	_, existed, err := ps.t.Client.CreateRepo(ctx, ps.t.Repo, o.Private)
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", ps.t.Repo, err)
+	}
+	ps.created = !existed
+	if b := ps.branch(); b != "main" {
+		// As `hf upload --revision` does: a missing branch starts at the default branch.
+		made, err := ps.t.Client.CreateBranch(ctx, ps.t.Repo, b, "")
+		if err != nil {
+			return nil, fmt.Errorf("creating branch %s of %s: %w", b, ps.t.Repo, err)
+		}
+		if made {
+			o.Log.Info("created the branch from the default branch", "repo", ps.t.Repo.String(), "branch", b)
+		}
 	}
 	if existed && o.Private {
 		if info, err := ps.t.Client.RepoInfo(ctx, ps.t.Repo, ""); err == nil && !info.Private {
@@ -272,7 +293,11 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 				"repo", ps.t.Repo.String())
 		}
 	}
-	ps.j = openJournal(ps.journalPath(), ps.prov.Inputs, target)
+	ps.stamps = ps.baseStamps()
+	ps.j = openJournal(ps.journalPath(), ps.prov.Inputs, target, ps.stamps)
+	if ps.j.stale {
+		o.Log.Warn("a base file changed since the interrupted push recorded it; starting that push over")
+	}
 	sch := &schedule{ps: ps, budget: budget}
 	if err := sch.run(ctx); err != nil {
 		return nil, err
@@ -340,7 +365,17 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 	if c.Summary == "" {
 		c.Summary = fmt.Sprintf("Merge %s into %s with hfmerge", sourceName(ps.l.Adapter), sourceName(ps.l.Base))
 	}
-	keep := map[string]bool{ProvenanceFile: true}
+	keepCard, why, err := keepHubCard(ctx, ps.t, ps.branch(), ps.o.Card)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case keepCard:
+		ps.o.Log.Warn("keeping the model card on the Hub: "+why+"; --card replace writes hfmerge's", "repo", ps.t.Repo.String())
+	case ps.o.Card == CardReplace:
+		ps.o.Log.Info("replacing the model card with hfmerge's (--card replace)", "repo", ps.t.Repo.String())
+	}
+	keep := map[string]bool{ProvenanceFile: true, "README.md": true}
 	for _, s := range ps.p.Shards {
 		js, _ := ps.j.get(s.Name, s.Size())
 		c.LFS = append(c.LFS, hub.CommitLFS{Path: s.Name, OID: js.SHA256, Size: s.Size()})
@@ -348,9 +383,18 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 		keep[s.Name] = true
 	}
 	for _, e := range extras {
+		if keepCard && e.name == "README.md" {
+			continue
+		}
 		c.Files = append(c.Files, hub.CommitFile{Path: e.name, Content: e.data})
 		ps.prov.Files[e.name] = smallFileID(e.data)
 		keep[e.name] = true
+	}
+	if err := ps.checkBaseUnchanged(); err != nil {
+		return nil, err
+	}
+	if ps.prov.BaseFiles, err = ps.baseFiles(); err != nil {
+		return nil, err
 	}
 	rev := ps.branch()
 	if entries, err := ps.t.Client.Tree(ctx, ps.t.Repo, rev, "", true); err == nil {
@@ -373,7 +417,7 @@ func (ps *pusher) commit(ctx context.Context) (*hub.CommitResult, error) {
 		}
 		var he *hub.HTTPError
 		if errors.As(err, &he) && he.Status == 412 {
-			return nil, fmt.Errorf("%w: the branch moved while the push ran; the uploaded shards stay on the Hub", err)
+			return nil, fmt.Errorf("%w: the branch moved while the push ran; the uploaded shards stay on the Hub, and a rerun commits them on the new head", err)
 		}
 		return nil, err
 	}

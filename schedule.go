@@ -160,6 +160,7 @@ func (sch *schedule) learn(ctx context.Context, s *mergeplan.Shard) (*job, error
 		ps.o.Progress.emit(Event{Type: Advance, Stage: StageHash, Bytes: s.Size(), Note: "known"})
 		return j, nil
 	}
+	baseSum := ps.baseDigest(ctx, s)
 	var err error
 	note := "hashed"
 	switch {
@@ -181,10 +182,15 @@ func (sch *schedule) learn(ctx context.Context, s *mergeplan.Shard) (*job, error
 	default:
 		j.oid, err = sch.hash(ctx, s)
 	}
+	base, berr := baseSum()
+	if err == nil && berr != nil {
+		sch.drop(j)
+		err = berr
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := ps.j.set(s.Name, journalShard{SHA256: j.oid, Size: s.Size()}); err != nil {
+	if err := ps.j.set(s.Name, journalShard{SHA256: j.oid, Size: s.Size(), BaseFile: s.Base, Base: base, BaseStamp: ps.stamps[s.Base]}); err != nil {
 		sch.drop(j)
 		return nil, err
 	}

@@ -63,6 +63,11 @@ func (f *osFile) Size() int64 { return f.size }
 // openRegular opens path for reading, refusing anything that is not a regular file (a
 // FIFO would block the run, a device could be read without end).
 func openRegular(path string) (File, error) {
+	// Stat before opening: opening a FIFO for reading blocks until a writer comes.
+	st, err := os.Stat(path)
+	if err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, st.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -70,7 +75,7 @@ func openRegular(path string) (File, error) {
 		}
 		return nil, err
 	}
-	st, err := f.Stat()
+	st, err = f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,9 +157,20 @@ func (c *created) tidy() error {
 	return nil
 }
 
-// writeAtomic writes data to path through a temporary file in the same directory.
+// writeAtomic writes data to path through a temporary file in the same directory. The
+// file is created with mode 0666 less the umask (0644 usually), as Python's open(path,
+// "w") creates refs/ and metadata files in huggingface_hub; os.CreateTemp would make it
+// 0600, unreadable by the other users of a shared cache.
 func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	var tmp *os.File
+	var err error
+	for range 100 {
+		name := fmt.Sprintf("%s/.%s.%d.tmp", filepath.Dir(path), filepath.Base(path), rand.Uint64())
+		tmp, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
+		if !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}

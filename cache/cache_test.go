@@ -324,3 +324,38 @@ func TestDir(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedDownloadRemoved: a download that fails leaves its .incomplete file for a
+// later run to resume, and Remove (the file was not to be kept) deletes it; one another
+// process left is not this process's to delete.
+func TestFailedDownloadRemoved(t *testing.T) {
+	root := t.TempDir()
+	c := cache.New(root)
+	content := bytes.Repeat([]byte("w"), 10_000)
+	f := lfsFile("model.safetensors", content)
+	fail := func(ctx context.Context, off int64, w io.Writer) (int64, error) {
+		n, _ := w.Write(content[off : off+100])
+		return int64(n), errors.New("connection reset")
+	}
+	if _, _, err := c.Fetch(context.Background(), f, fail, nil); err == nil {
+		t.Fatal("the failing download succeeded")
+	}
+	partial := filepath.Join(root, "models--org--base", "blobs", f.ETag+".incomplete")
+	if _, err := os.Stat(partial); err != nil {
+		t.Fatalf("no partial file to resume: %v", err)
+	}
+	if err := c.Remove(f); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(partial); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Remove left %s", partial)
+	}
+	// Another process's partial file: resumed, failed again, and left alone.
+	os.WriteFile(partial, content[:500], 0o644)
+	c2 := cache.New(root)
+	c2.Fetch(context.Background(), f, fail, nil)
+	c2.Remove(f)
+	if st, err := os.Stat(partial); err != nil || st.Size() != 600 {
+		t.Errorf("another process's partial file: %v %v", st, err)
+	}
+}

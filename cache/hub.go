@@ -164,7 +164,13 @@ func (c *Cache) Fetch(ctx context.Context, f File, get Getter, prog Progress) (s
 		if err == nil {
 			return "", false, fmt.Errorf("cache: %s exists with %d bytes, expected %d; remove it and retry", p.blob, st.Size(), f.Size)
 		}
-		if err := download(ctx, p.blob+".incomplete", p.blob, f, get, prog); err != nil {
+		// A partial download stays for a later run to resume, unless this process made
+		// it and then removes f (Remove): a file that is not kept leaves nothing.
+		partial := p.blob + ".incomplete"
+		if _, err := os.Lstat(partial); errors.Is(err, os.ErrNotExist) {
+			c.made.file(partial)
+		}
+		if err := download(ctx, partial, p.blob, f, get, prog); err != nil {
 			return "", false, err
 		}
 		c.made.file(p.blob)
@@ -226,13 +232,17 @@ func (c *Cache) ref(p hubPaths, f File) {
 	}
 }
 
-// Remove deletes the snapshot link and the blob of f if this process created them.
+// Remove deletes the snapshot link and the blob of f, and a partial download of it, if
+// this process created them.
 func (c *Cache) Remove(f File) error {
 	p, err := c.paths(f)
 	if err != nil {
 		return err
 	}
 	if err := c.made.remove(p.link); err != nil {
+		return err
+	}
+	if err := c.made.remove(p.blob + ".incomplete"); err != nil {
 		return err
 	}
 	return c.made.remove(p.blob)

@@ -195,3 +195,11 @@ func (c *Client) apiURL(escapedPath string, query url.Values) *url.URL {
 func (c *Client) sameHost(u *url.URL) bool {
 	return strings.EqualFold(u.Scheme, c.endpoint.Scheme) && strings.EqualFold(u.Host, c.endpoint.Host)
 }
+
+// Anonymous returns a client of the same endpoint and settings without the token, for a
+// lookup the user may not have meant as one (a path that could be a repo id).
+func (c *Client) Anonymous() *Client {
+	a := *c
+	a.token = ""
+	return &a
+}

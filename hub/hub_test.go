@@ -391,3 +391,30 @@ func TestRangeIgnored(t *testing.T) {
 		t.Errorf("range: %v", err)
 	}
 }
+
+// TestCreateBranch: a branch starts at the default branch's head; creating it again is
+// no error and reports that it existed.
+func TestCreateBranch(t *testing.T) {
+	h := hubtest.New(hubtest.WithToken("hf_w_tokenxyz", "alice", hubtest.ScopeWrite)).Start(t)
+	head, err := h.Seed("alice/m", map[string][]byte{"a.txt": []byte("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := hub.New(hub.Options{Endpoint: h.URL(), Token: "hf_w_tokenxyz", Retries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := hub.Repo{ID: "alice/m", Type: "model"}
+	for i, want := range []bool{true, false} {
+		made, err := c.CreateBranch(context.Background(), r, "dev", "")
+		if err != nil || made != want {
+			t.Fatalf("call %d: created %v, err %v", i, made, err)
+		}
+	}
+	if got, _ := h.Head("alice/m", "dev"); got != head {
+		t.Errorf("dev is at %s, want main's head %s", got, head)
+	}
+	if _, err := c.CreateBranch(context.Background(), hub.Repo{ID: "alice/none", Type: "model"}, "dev", ""); !errors.Is(err, hub.ErrRepoNotFound) {
+		t.Errorf("missing repo: %v", err)
+	}
+}

@@ -64,9 +64,14 @@ type NonFiniteError struct {
 }
 
 func (e *NonFiniteError) Error() string {
-	return fmt.Sprintf("merge: tensor %s: element [%d, %d] becomes %g, which is not a finite %s; "+
-		"the adapter's scale or weights are out of range for this dtype (try --dtype fp32, or check the adapter)",
-		e.Tensor, e.Row, e.Col, e.Value, e.DType)
+	hint := "the adapter's scale or weights are out of range for this dtype (try --dtype fp32, or check the adapter)"
+	if e.DType == safetensors.F32 || e.DType == safetensors.F64 {
+		// A wider dtype would not help: the adapter holds NaN or infinity, or its scale
+		// is absurd.
+		hint = "the adapter holds NaN or infinity, or its scale (lora_alpha / r) is far out of range: check the adapter"
+	}
+	return fmt.Sprintf("merge: tensor %s: element [%d, %d] becomes %g, which is not a finite %s; %s",
+		e.Tensor, e.Row, e.Col, e.Value, e.DType, hint)
 }
 
 // readRef fills buf with a referenced tensor's bytes from offset off within the tensor.

@@ -54,8 +54,13 @@ func Build(in *Input) *Plan {
 	return b.p
 }
 
+// problem records a problem once: the same one found again (a refused pattern, for
+// every module after the first) adds nothing.
 func (b *builder) problem(subject, format string, args ...any) {
-	b.p.Problems = append(b.p.Problems, Problem{Subject: subject, Message: fmt.Sprintf(format, args...)})
+	p := Problem{Subject: subject, Message: fmt.Sprintf(format, args...)}
+	if !slices.Contains(b.p.Problems, p) {
+		b.p.Problems = append(b.p.Problems, p)
+	}
 }
 
 func (b *builder) warn(subject, format string, args ...any) {

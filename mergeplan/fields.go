@@ -72,7 +72,11 @@ func (p *fieldParser) integer(field string, def int) int {
 		return def
 	}
 	f, ok := parseNumber(v)
-	if !ok || f != math.Trunc(f) || math.Abs(f) > 1<<31 {
+	if ok && f == math.Trunc(f) && math.Abs(f) > 1<<31 {
+		p.fail(field, "%s is too large: at most %d", abbrev(v), 1<<31)
+		return def
+	}
+	if !ok || f != math.Trunc(f) {
 		p.fail(field, "want an integer, got %s", abbrev(v))
 		return def
 	}

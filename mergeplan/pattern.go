@@ -9,9 +9,19 @@ import (
 	"github.com/dlclark/regexp2/v2"
 )
 
-// matchTimeout bounds one regex match: patterns come from a file, and a backtracking
-// engine can be made to run for ever.
-const matchTimeout = 2 * time.Second
+// matchBudget bounds the time all pattern matches of one plan may take together:
+// patterns come from a file, and a backtracking engine can be made to run for ever. A
+// pattern that runs out of it is refused at once, naming it, and no further match is
+// tried (PEFT's re.match would hang on it too). Real patterns take microseconds per
+// module.
+const matchBudget = 2 * time.Second
+
+// budget is the match time left to a plan, shared by rank_pattern and alpha_pattern;
+// failed is the refusal once a pattern ran out of it.
+type budget struct {
+	left   time.Duration
+	failed error
+}
 
 // pyRegex compiles a Python `re` pattern. Python's syntax is close to the .NET syntax
 // regexp2 implements (look-around, lazy quantifiers, \d \w \s); the named-group
@@ -21,7 +31,7 @@ func pyRegex(pattern string) (*regexp2.Regexp, error) {
 	if err != nil {
 		return nil, err
 	}
-	re.MatchTimeout = matchTimeout
+	re.MatchTimeout = matchBudget
 	return re, nil
 }
 
@@ -58,10 +68,11 @@ type patternSet struct {
 	field    string
 	patterns []Pattern
 	res      []*regexp2.Regexp
+	budget   *budget
 }
 
-func compilePatterns(field string, ps []Pattern) (*patternSet, error) {
-	s := &patternSet{field: field, patterns: ps}
+func compilePatterns(field string, ps []Pattern, b *budget) (*patternSet, error) {
+	s := &patternSet{field: field, patterns: ps, budget: b}
 	for _, p := range ps {
 		re, err := pyRegex(`\A(?:.*\.)?(?:` + p.Key + `)$`)
 		if err != nil {
@@ -73,11 +84,22 @@ func compilePatterns(field string, ps []Pattern) (*patternSet, error) {
 }
 
 // lookup returns the value of the first key that matches module, and whether one did.
+// Once a pattern has run out of the plan's match budget every lookup fails with the
+// same refusal, which the plan reports once.
 func (s *patternSet) lookup(module string) (float64, string, bool, error) {
 	for i, re := range s.res {
+		if s.budget.failed != nil {
+			return 0, "", false, s.budget.failed
+		}
+		re.MatchTimeout = max(s.budget.left, time.Millisecond)
+		start := time.Now()
 		ok, err := re.MatchString(module)
+		s.budget.left -= time.Since(start)
 		if err != nil {
-			return 0, "", false, &ConfigError{Field: s.field, Reason: fmt.Sprintf("key %q: %v", s.patterns[i].Key, err)}
+			s.budget.failed = &ConfigError{Field: s.field, Reason: fmt.Sprintf(
+				"key %q took more than the %v all patterns may take to match (on %s): it backtracks catastrophically; write it without nested repetition",
+				s.patterns[i].Key, matchBudget, module)}
+			return 0, "", false, s.budget.failed
 		}
 		if ok {
 			return s.patterns[i].Value, s.patterns[i].Key, true, nil
@@ -96,11 +118,12 @@ type scales struct {
 }
 
 func newScales(cfg *AdapterConfig) (*scales, error) {
-	rp, err := compilePatterns("rank_pattern", cfg.RankPattern)
+	b := &budget{left: matchBudget}
+	rp, err := compilePatterns("rank_pattern", cfg.RankPattern, b)
 	if err != nil {
 		return nil, err
 	}
-	ap, err := compilePatterns("alpha_pattern", cfg.AlphaPattern)
+	ap, err := compilePatterns("alpha_pattern", cfg.AlphaPattern, b)
 	if err != nil {
 		return nil, err
 	}

@@ -137,6 +137,10 @@ func pushCmd(c *cli.Context, st *state) error {
 			return usageErr("--disk-budget %q: %v", s, err)
 		}
 	}
+	card := hfmerge.CardPolicy(c.String("card"))
+	if card != hfmerge.CardKeep && card != hfmerge.CardReplace {
+		return usageErr("--card %q: want keep or replace", c.String("card"))
+	}
 	if o.token == "" {
 		return hfmerge.ErrNoToken
 	}
@@ -159,7 +163,7 @@ func pushCmd(c *cli.Context, st *state) error {
 		return err
 	}
 	m := st.meter(o.progress)
-	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"),
+	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"), Card: card,
 		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event})
 	m.finish()
 	if err != nil {
@@ -172,17 +176,22 @@ func pushCmd(c *cli.Context, st *state) error {
 	if res.Commit.PullRequestURL != "" {
 		url = res.Commit.PullRequestURL
 	}
+	var result, line string
 	switch {
 	case res.UpToDate && t.PR:
-		fmt.Fprintf(c.App.Writer, "an open pull request already holds this merge: %s; nothing to do\n", url)
+		result, line = "up to date", fmt.Sprintf("an open pull request already holds this merge: %s; nothing to do", url)
 	case res.UpToDate:
-		fmt.Fprintf(c.App.Writer, "%s is up to date: its %s records these inputs and every file; nothing to do\n", t.String(), hfmerge.ProvenanceFile)
+		result, line = "up to date", fmt.Sprintf("%s is up to date: its %s records these inputs and every file; nothing to do", t.String(), hfmerge.ProvenanceFile)
 	case res.Commit.PullRequestURL != "":
-		fmt.Fprintf(c.App.Writer, "opened pull request %s\n", url)
+		result, line = "opened pull request", "opened pull request "+url
 	default:
-		fmt.Fprintf(c.App.Writer, "committed %s\n", url)
+		result, line = "committed", "committed "+url
 	}
-	st.done("pushed", "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
+	if !st.json {
+		// With JSON logs the summary record below says it; stdout stays free of text.
+		fmt.Fprintln(c.App.Writer, line)
+	}
+	st.done("pushed", "result", result, "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
 		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
 		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed), "upload_busy_seconds", seconds(res.UploadBusy),
 		"disk_budget", hfmerge.Human(res.Budget))

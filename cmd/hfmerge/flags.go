@@ -46,6 +46,7 @@ func pushFlags() []cli.Flag {
 		&cli.StringFlag{Name: "revision", Value: "main", Usage: "commit to `BRANCH`"},
 		&cli.BoolFlag{Name: "pr", Usage: "open a pull request instead of committing to the branch"},
 		&cli.StringFlag{Name: "message", Usage: "the commit's title"},
+		&cli.StringFlag{Name: "card", Value: "keep", Usage: "the model card on the Hub: keep (unless it is the one hfmerge wrote) or replace"},
 		&cli.StringFlag{Name: "disk-budget", Usage: "disk the run may use for merged shards, e.g. 20GB (default: the largest shard and 5%, at most the free space)"},
 		&cli.StringFlag{Name: "work-dir", Usage: "`DIR` for merged shards and the journal (default: HF_HOME/hfmerge)"},
 	}
@@ -120,7 +121,11 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 	}
 	o.sources = hfmerge.Sources{CacheDir: c.String("cache-dir"), LocalDir: c.String("local-dir"), KeepBase: c.Bool("keep-base"), Log: st.log}
 	if !o.offline {
-		client, err := hub.New(hub.Options{Token: o.token, UserAgent: "hfmerge/" + hfmerge.Version(), Logger: st.log})
+		ho := hub.Options{Token: o.token, UserAgent: "hfmerge/" + hfmerge.Version(), Logger: st.log}
+		if err := netOptions(&ho); err != nil {
+			return nil, err
+		}
+		client, err := hub.New(ho)
 		if err != nil {
 			return nil, err
 		}

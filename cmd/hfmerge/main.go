@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -95,7 +96,7 @@ func signalStatus(s os.Signal) int {
 
 // run runs the command line and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	st := &state{stdout: stdout, stderr: stderr}
+	st := &state{stdout: stdout, stderr: stderr, start: time.Now()}
 	app := newApp(st)
 	err := app.RunContext(ctx, args)
 	if err == nil {
@@ -107,8 +108,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hfmerge: %s\nRun 'hfmerge help' for usage.\n", st.redact(err.Error()))
 		return exitUsage
 	}
-	if ee.err != errReported {
-		st.fail(ee.err)
+	switch {
+	case ee.err != errReported:
+		st.fail(ee.err, ee.code)
+	case st.json:
+		st.fail(errors.New("see the records above"), ee.code)
 	}
 	return ee.code
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
 )
@@ -17,6 +18,7 @@ type state struct {
 	log            *slog.Logger
 	json           bool
 	token          string
+	start          time.Time // when the run began, for its summary
 }
 
 func (st *state) setLog(format string) {
@@ -67,19 +69,23 @@ func (r *redactor) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// fail reports the error that ends the run: a log record with --log-format json, so
-// that every line is JSON, else one line.
-func (st *state) fail(err error) {
+// fail reports the error that ends the run: with --log-format json the run's summary
+// record (every line is JSON, and the last one says how the run ended), else one line.
+func (st *state) fail(err error, code int) {
 	msg := st.redact(err.Error())
 	if st.json {
-		st.logger().Error("failed", "error", msg)
+		st.logger().Error("failed", "error", msg, "exit_status", code, "seconds", seconds(time.Since(st.start)))
 		return
 	}
 	fmt.Fprintf(st.stderr, "hfmerge: %s\n", msg)
 }
 
-// done logs the run's summary: one line of text, or one JSON record.
+// done logs the run's summary: one line of text, or one JSON record that ends the run's
+// output and carries its exit status.
 func (st *state) done(msg string, attrs ...any) {
+	if st.json {
+		attrs = append(attrs, "exit_status", exitOK)
+	}
 	st.logger().Info(msg, attrs...)
 }
 

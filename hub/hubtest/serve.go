@@ -193,6 +193,8 @@ func (h *Hub) dispatch(c *call) {
 		h.xetToken(c)
 	case RouteMergePR:
 		h.mergePR(c, c.id)
+	case RouteBranch:
+		h.createBranch(c)
 	case RouteBatch:
 		h.batch(c)
 	case RouteVerify:
