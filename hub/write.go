@@ -136,8 +136,8 @@ type LFSAction struct {
 	Upload     *Action
 	Verify     *Action
 	ChunkSize  int64
-	Parts      []string // presigned part URLs, part 1 first
-	Completion string   // multipart completion URL
+	Parts      []string  // presigned part URLs, part 1 first
+	Completion string    // multipart completion URL
 	Xet        *XetToken // transfer "xet": the CAS, a write token, and its refresh URL
 	Error      *ObjectError
 }
