@@ -19,7 +19,7 @@ var allowed = map[string][]string{
 	"hub":               {},
 	"hub/hubtest":       {},
 	"cache":             {"hub"},
-	"upload":            {"hub"},
+	"upload":            {"hub", "xet"},
 	"xet":               {},
 	"internal/fixture":  {"safetensors", "mergeplan"},
 	"cmd/hfmerge":       {"*"},

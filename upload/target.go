@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/http"
 
 	"github.com/hfmerge/hfmerge/hub"
 )
@@ -16,8 +17,13 @@ import (
 type Target struct {
 	Client *hub.Client
 	Repo   hub.Repo
-	Branch string // "" is main
-	PR     bool   // open a pull request against Branch instead of committing to it
+	Branch string  // "" is main
+	PR     bool    // open a pull request against Branch instead of committing to it
+	Xet    XetMode // whether uploads may go through Xet storage (StartXet, the batch)
+
+	// XetTransport, when set, carries the requests to the Xet CAS (tests use it to
+	// alter what is sent); nil is the xet client's own.
+	XetTransport http.RoundTripper
 }
 
 func (t *Target) branch() string {
