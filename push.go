@@ -49,6 +49,12 @@ type PushResult struct {
 	BytesDown int64             // bytes received from the Hub for the base
 	Elapsed   time.Duration
 	Budget    int64 // the disk budget used
+	// Xet: the shards went up through Xet storage. XetExpected is what the plan expects
+	// a Xet push to send (the changed tensors' bytes and their chunk boundaries, see
+	// XetExpected); XetSent the xorb bytes actually sent.
+	Xet         bool
+	XetExpected int64
+	XetSent     int64
 }
 
 // ErrNoToken marks a push without a token.

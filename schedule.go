@@ -67,6 +67,14 @@ type job struct {
 func (sch *schedule) run(ctx context.Context) error {
 	sch.sem = semaphore.NewWeighted(sch.budget)
 	ps := sch.ps
+	x, err := ps.t.StartXet(ctx, ps.o.Log)
+	if err != nil {
+		return err
+	}
+	if x != nil {
+		ps.res.XetExpected = XetExpected(ps.p)
+		return sch.runXet(ctx, x)
+	}
 	var total int64
 	for _, s := range ps.p.Shards {
 		total += s.Size()
@@ -103,7 +111,7 @@ func (sch *schedule) run(ctx context.Context) error {
 			return nil
 		})
 	}
-	err := g.Wait()
+	err = g.Wait()
 	if err == nil {
 		ps.res.BytesDown = received(ps.l.Base)
 	}
