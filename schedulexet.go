@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/hfmerge/hfmerge/hub"
@@ -77,7 +78,11 @@ func (sch *schedule) runXet(ctx context.Context, x *upload.Xet) error {
 		}
 		start := time.Now()
 		if _, err := x.Flush(ctx); err != nil {
-			return fmt.Errorf("finishing the Xet upload of %d shards: %w", len(pending), err)
+			names := make([]string, len(pending))
+			for i, s := range pending {
+				names[i] = s.Name
+			}
+			return fmt.Errorf("finishing the Xet upload of %s: %w", strings.Join(names, ", "), err)
 		}
 		for _, s := range pending {
 			js, _ := ps.j.get(s.Name, s.Size())
