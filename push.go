@@ -53,6 +53,7 @@ type PushResult struct {
 	// a Xet push to send (the changed tensors' bytes and their chunk boundaries, see
 	// XetExpected); XetSent the xorb bytes actually sent.
 	Xet         bool
+	ShardBytes  int64 // the size of every output shard together
 	XetExpected int64
 	XetSent     int64
 }

@@ -67,6 +67,9 @@ type job struct {
 func (sch *schedule) run(ctx context.Context) error {
 	sch.sem = semaphore.NewWeighted(sch.budget)
 	ps := sch.ps
+	for _, s := range ps.p.Shards {
+		ps.res.ShardBytes += s.Size()
+	}
 	x, err := ps.t.StartXet(ctx, ps.o.Log)
 	if err != nil {
 		return err

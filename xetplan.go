@@ -1,6 +1,12 @@
 package hfmerge
 
-import "github.com/hfmerge/hfmerge/mergeplan"
+import (
+	"context"
+	"errors"
+
+	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/mergeplan"
+)
 
 // xetBoundary is what one run of changed bytes costs beyond its own length in a Xet
 // upload: the chunks on either side of it, which mix old and new bytes, are new too
@@ -33,4 +39,41 @@ func XetExpected(p *mergeplan.Plan) int64 {
 		}
 	}
 	return n
+}
+
+// PushPreview is what plan --repo says a push to a repo would upload.
+type PushPreview struct {
+	Repo     string `json:"repo"`
+	Xet      *bool  `json:"xet_enabled,omitempty"` // nil: not known (offline, or no repo yet)
+	Note     string `json:"note"`
+	XetBytes int64  `json:"xet_expected_bytes"` // XetExpected
+	LFSBytes int64  `json:"lfs_bytes"`          // every shard byte
+}
+
+// PlanPush asks the Hub (c nil: offline) whether repo is on Xet storage and says what a
+// push of p would send each way. The push itself decides once, at its start, through
+// the Xet write token (upload.Target.StartXet).
+func PlanPush(ctx context.Context, c *hub.Client, repo hub.Repo, p *mergeplan.Plan) *PushPreview {
+	pv := &PushPreview{Repo: repo.String(), XetBytes: XetExpected(p)}
+	for _, s := range p.Shards {
+		pv.LFSBytes += s.Size()
+	}
+	if c == nil {
+		pv.Note = "offline: whether the Hub offers Xet for it is decided when the push starts"
+		return pv
+	}
+	info, err := c.RepoInfo(ctx, repo, "")
+	switch {
+	case errors.Is(err, hub.ErrRepoNotFound) || errors.Is(err, hub.ErrRevisionNotFound):
+		pv.Note = "the repo does not exist yet (push creates it); the push uses Xet if the Hub offers it"
+	case err != nil:
+		pv.Note = "the Hub did not say whether the repo is on Xet: " + err.Error()
+	default:
+		pv.Xet = &info.Xet
+		pv.Note = "the repo is on Xet storage: push uploads through Xet (--xet auto)"
+		if !info.Xet {
+			pv.Note = "the repo has no Xet storage: push uploads through LFS"
+		}
+	}
+	return pv
 }

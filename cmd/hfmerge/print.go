@@ -49,6 +49,11 @@ func printReport(w io.Writer, r *hfmerge.Report) {
 		fmt.Fprintf(w, "  merge: %s written to --out\n", hfmerge.Human(r.Estimate.OutDisk))
 		fmt.Fprintf(w, "  push: %s of shards to merge and upload; at most %s of disk (one merged shard, only while the base is remote)\n",
 			hfmerge.Human(r.Estimate.ChangedBytes), hfmerge.Human(r.Estimate.PushDisk))
+		if t := r.Target; t != nil {
+			fmt.Fprintf(w, "  push to %s: %s\n", t.Repo, t.Note)
+			fmt.Fprintf(w, "    through Xet: about %s sent (the changed tensors and their chunk boundaries, with the base in Xet storage); through LFS: %s\n",
+				hfmerge.Human(t.XetBytes), hfmerge.Human(t.LFSBytes))
+		}
 	}
 	for _, x := range r.Warnings {
 		fmt.Fprintf(w, "\nwarning: %s", x)
