@@ -180,6 +180,21 @@ func (sch *schedule) streamXet(ctx context.Context, x *upload.Xet, s *mergeplan.
 		}
 		return res, nil
 	}
+	// The merged shard shares most bytes with its base files: the CAS's answer about
+	// each one's first chunk lists their chunks, whichever of the merged shard's own
+	// chunks changed.
+	for _, name := range baseFiles(s) {
+		f, err := ps.l.Base.Open(ctx, name)
+		if err != nil {
+			return xet.FileResult{}, err
+		}
+		err = x.Hint(ctx, io.NewSectionReader(f, 0, min(f.Size(), xet.MaxChunk)))
+		f.Close()
+		ps.l.Base.Release(name)
+		if err != nil {
+			return xet.FileResult{}, fmt.Errorf("%s: %w", name, err)
+		}
+	}
 	v, err := ps.l.openShard(ctx, s, ps.o.Merge)
 	if err != nil {
 		return xet.FileResult{}, err

@@ -126,12 +126,30 @@ func (x *Xet) SetProgress(f func(xet.Progress)) { x.o.Progress = f }
 
 // Upload sends one file read from r; it exists in the CAS after the next Flush.
 func (x *Xet) Upload(ctx context.Context, r io.Reader) (xet.FileResult, error) {
+	return x.session().Upload(ctx, r)
+}
+
+func (x *Xet) session() *xet.Session {
 	if x.sess == nil {
 		o := x.o
 		o.Logger = x.log
 		x.sess = xet.NewSession(x.client, o)
 	}
-	return x.sess.Upload(ctx, r)
+	return x.sess
+}
+
+// Hint tells the session that the CAS holds a file starting with r's bytes (a base
+// shard the next upload shares bytes with): the global dedup index is asked about its
+// first chunk, and the answer serves every later upload of the session.
+func (x *Xet) Hint(ctx context.Context, r io.Reader) error {
+	c, err := xet.NewChunkReader(io.LimitReader(r, xet.MaxChunk)).Next()
+	if err == io.EOF {
+		return nil // an empty file
+	}
+	if err != nil {
+		return err
+	}
+	return x.session().Hint(ctx, xet.ChunkHash(c))
 }
 
 // Pending says whether files were uploaded since the last Flush.
