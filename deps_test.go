@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"cmd/hubfake":       {"hub/hubtest"},
 	"interop":           {"*"},
 	"scripts/genmodel":  {"internal/fixture", "safetensors", "mergeplan"},
-	"scripts/pushbench": {"internal/fixture", "safetensors", "mergeplan", "hub/hubtest"},
+	"scripts/pushbench": {"internal/fixture", "safetensors", "mergeplan", "hub/hubtest", "hub", "upload", "xet"},
 }
 
 // noNetwork are packages that must compute without any network code, so that plans and

@@ -1,6 +1,7 @@
 package hfmerge
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -184,13 +185,10 @@ func (sch *schedule) streamXet(ctx context.Context, x *upload.Xet, s *mergeplan.
 	// each one's first chunk lists their chunks, whichever of the merged shard's own
 	// chunks changed.
 	for _, name := range baseFiles(s) {
-		f, err := ps.l.Base.Open(ctx, name)
-		if err != nil {
-			return xet.FileResult{}, err
+		b, err := headOf(ctx, ps.l.Base, name, xet.MaxChunk)
+		if err == nil {
+			err = x.Hint(ctx, bytes.NewReader(b))
 		}
-		err = x.Hint(ctx, io.NewSectionReader(f, 0, min(f.Size(), xet.MaxChunk)))
-		f.Close()
-		ps.l.Base.Release(name)
 		if err != nil {
 			return xet.FileResult{}, fmt.Errorf("%s: %w", name, err)
 		}
