@@ -19,14 +19,14 @@ var allowed = map[string][]string{
 	"hub":               {},
 	"hub/hubtest":       {},
 	"cache":             {"hub"},
-	"upload":            {"hub"},
+	"upload":            {"hub", "xet"},
 	"xet":               {},
 	"internal/fixture":  {"safetensors", "mergeplan"},
 	"cmd/hfmerge":       {"*"},
 	"cmd/hubfake":       {"hub/hubtest"},
 	"interop":           {"*"},
 	"scripts/genmodel":  {"internal/fixture", "safetensors", "mergeplan"},
-	"scripts/pushbench": {"internal/fixture", "safetensors", "mergeplan", "hub/hubtest"},
+	"scripts/pushbench": {"internal/fixture", "safetensors", "mergeplan", "hub/hubtest", "hub", "upload", "xet"},
 }
 
 // noNetwork are packages that must compute without any network code, so that plans and

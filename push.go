@@ -53,6 +53,13 @@ type PushResult struct {
 	// well the push kept the upload link, its floor, busy.
 	UploadBusy time.Duration
 	Budget     int64 // the disk budget used
+	// Xet: the shards went up through Xet storage. XetExpected is what the plan expects
+	// a Xet push to send (the changed tensors' bytes and their chunk boundaries, see
+	// XetExpected); XetSent the xorb bytes actually sent.
+	Xet         bool
+	ShardBytes  int64 // the size of every output shard together
+	XetExpected int64
+	XetSent     int64
 }
 
 // ErrNoToken marks a push without a token.

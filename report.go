@@ -18,6 +18,7 @@ type Report struct {
 	Warnings   []string               `json:"warnings"`
 	Estimate   Estimate               `json:"estimate"`
 	TotalBytes int64                  `json:"output_bytes"`
+	Target     *PushPreview           `json:"push_target,omitempty"` // plan --repo
 }
 
 // AdapterSummary is the adapter's configuration in brief.

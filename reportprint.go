@@ -47,6 +47,11 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintf(w, "  merge: %s written to --out\n", human(r.Estimate.OutDisk))
 		fmt.Fprintf(w, "  push: %s of shards to merge and upload; at most %s of disk (one merged shard, only while the base is remote)\n",
 			human(r.Estimate.ChangedBytes), human(r.Estimate.PushDisk))
+		if t := r.Target; t != nil {
+			fmt.Fprintf(w, "  push to %s: %s\n", t.Repo, t.Note)
+			fmt.Fprintf(w, "    through Xet: about %s sent (the changed tensors and their chunk boundaries, with the base in Xet storage); through LFS: %s\n",
+				human(t.XetBytes), human(t.LFSBytes))
+		}
 	}
 	for _, x := range r.Warnings {
 		fmt.Fprintf(w, "\nwarning: %s", x)

@@ -96,6 +96,17 @@ type job struct {
 func (sch *schedule) run(ctx context.Context) error {
 	sch.sem = semaphore.NewWeighted(sch.budget)
 	ps := sch.ps
+	for _, s := range ps.p.Shards {
+		ps.res.ShardBytes += s.Size()
+	}
+	x, err := ps.t.StartXet(ctx, ps.o.Log)
+	if err != nil {
+		return err
+	}
+	if x != nil {
+		ps.res.XetExpected = XetExpected(ps.p)
+		return sch.runXet(ctx, x)
+	}
 	var total int64
 	for _, s := range ps.p.Shards {
 		total += s.Size()
@@ -132,7 +143,7 @@ func (sch *schedule) run(ctx context.Context) error {
 			return nil
 		})
 	}
-	err := g.Wait()
+	err = g.Wait()
 	if err == nil {
 		sch.count(func(r *PushResult) { r.BytesDown = received(ps.l.Base) })
 	}

@@ -40,6 +40,7 @@ type RepoInfo struct {
 	Private  bool
 	Gated    bool
 	Siblings []string
+	Xet      bool // xetEnabled: the repo's files are stored in Xet
 }
 
 // RepoInfo resolves a revision ("" is main) to its commit.
@@ -49,6 +50,7 @@ func (c *Client) RepoInfo(ctx context.Context, r Repo, rev string) (*RepoInfo, e
 		SHA      string `json:"sha"`
 		Private  bool   `json:"private"`
 		Gated    any    `json:"gated"`
+		Xet      bool   `json:"xetEnabled"`
 		Siblings []struct {
 			RFilename string `json:"rfilename"`
 		} `json:"siblings"`
@@ -60,7 +62,7 @@ func (c *Client) RepoInfo(ctx context.Context, r Repo, rev string) (*RepoInfo, e
 	if len(raw.SHA) != 40 {
 		return nil, fmt.Errorf("GET %s: the reply names no commit", redact(u))
 	}
-	info := &RepoInfo{ID: raw.ID, SHA: raw.SHA, Private: raw.Private}
+	info := &RepoInfo{ID: raw.ID, SHA: raw.SHA, Private: raw.Private, Xet: raw.Xet}
 	if g, ok := raw.Gated.(bool); ok {
 		info.Gated = g
 	} else if s, ok := raw.Gated.(string); ok && s != "" {

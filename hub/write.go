@@ -136,19 +136,35 @@ type LFSAction struct {
 	Upload     *Action
 	Verify     *Action
 	ChunkSize  int64
-	Parts      []string // presigned part URLs, part 1 first
-	Completion string   // multipart completion URL
+	Parts      []string  // presigned part URLs, part 1 first
+	Completion string    // multipart completion URL
+	Xet        *XetToken // transfer "xet": the CAS, a write token, and its refresh URL
 	Error      *ObjectError
 }
 
 // LFSBatch asks the LFS batch API how to upload objects, offering the basic and
 // multipart transfers only: plain LFS works on Xet-backed repos too.
 func (c *Client) LFSBatch(ctx context.Context, r Repo, rev string, objs []LFSObject) ([]LFSAction, error) {
+	return c.lfsBatch(ctx, r, rev, objs, false)
+}
+
+// LFSBatchXet is LFSBatch offering the "xet" transfer too, as huggingface.js does
+// (transfers basic, multipart, xet): a Hub that chooses it answers, for each object to
+// upload, the CAS URL and a write token (LFSAction.Xet) instead of storage URLs.
+func (c *Client) LFSBatchXet(ctx context.Context, r Repo, rev string, objs []LFSObject) ([]LFSAction, error) {
+	return c.lfsBatch(ctx, r, rev, objs, true)
+}
+
+func (c *Client) lfsBatch(ctx context.Context, r Repo, rev string, objs []LFSObject, offerXet bool) ([]LFSAction, error) {
 	type obj struct {
 		OID  string `json:"oid"`
 		Size int64  `json:"size"`
 	}
-	in := map[string]any{"operation": "upload", "transfers": []string{"basic", "multipart"}, "hash_algo": "sha256"}
+	transfers := []string{"basic", "multipart"}
+	if offerXet {
+		transfers = append(transfers, "xet")
+	}
+	in := map[string]any{"operation": "upload", "transfers": transfers, "hash_algo": "sha256"}
 	if rev != "" {
 		in["ref"] = map[string]string{"name": rev}
 	}
@@ -201,7 +217,16 @@ func (c *Client) LFSBatch(ctx context.Context, r Repo, rev string, objs []LFSObj
 		if o.Error != nil {
 			a.Error = &ObjectError{o.Error.Code, o.Error.Message}
 		}
-		if o.Actions != nil && o.Actions.Upload != nil {
+		if o.Actions != nil && o.Actions.Upload != nil && out.Transfer == "xet" {
+			if !offerXet {
+				return nil, fmt.Errorf("LFS batch: the Hub chose the xet transfer for %s, which was not offered", o.OID)
+			}
+			x, err := c.xetAction(o.Actions.Upload.Href, o.Actions.Upload.Header)
+			if err != nil {
+				return nil, fmt.Errorf("LFS batch: the xet action for %s: %w", o.OID, err)
+			}
+			a.Transfer, a.Xet = "xet", x
+		} else if o.Actions != nil && o.Actions.Upload != nil {
 			a.Upload, a.Verify = conv(o.Actions.Upload), conv(o.Actions.Verify)
 			a.Transfer = "basic"
 			if cs, ok := a.Upload.Header["chunk_size"]; ok {

@@ -12,7 +12,7 @@ work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 go build -o "$work/hfmerge" ./cmd/hfmerge
 go build -o "$work/pushbench" ./scripts/pushbench
-echo "== ~300 MB model, 9 shards"
+echo "== ~300 MB model, 9 shards (the xet run: a Hub with Xet storage, the base uploaded through Xet)"
 "$work/pushbench" -bin "$work/hfmerge" -work "$work/small"
 echo
 echo "== wide rows (hidden 8192, MLP 28672), 1 layer, 200 MB/s down, 100 MB/s up"

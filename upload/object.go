@@ -40,7 +40,11 @@ func put(ctx context.Context, t *Target, obj Object, o Options) (bool, error) {
 	o = o.withDefaults()
 	var last error
 	for round := 0; round < o.Rounds; round++ {
-		acts, err := t.Client.LFSBatch(ctx, t.Repo, t.ref(), []hub.LFSObject{{OID: obj.OID, Size: obj.Size}})
+		batch := t.Client.LFSBatchXet
+		if t.Xet.effective() == XetOff {
+			batch = t.Client.LFSBatch
+		}
+		acts, err := batch(ctx, t.Repo, t.ref(), []hub.LFSObject{{OID: obj.OID, Size: obj.Size}})
 		if err != nil {
 			return false, fmt.Errorf("LFS batch for %s: %w", obj.OID, err)
 		}
@@ -53,6 +57,12 @@ func put(ctx context.Context, t *Target, obj Object, o Options) (bool, error) {
 		}
 		if a.Transfer == "" {
 			return false, nil // already stored
+		}
+		if a.Transfer == "xet" {
+			if err := putXet(ctx, t, obj, a, o); err != nil {
+				return false, fmt.Errorf("uploading %s through Xet: %w", obj.OID, err)
+			}
+			return true, nil
 		}
 		r, done, err := obj.Open(ctx)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/http"
 
 	"github.com/hfmerge/hfmerge/hub"
 )
@@ -16,11 +17,16 @@ import (
 type Target struct {
 	Client *hub.Client
 	Repo   hub.Repo
-	Branch string // "" is main
-	PR     bool   // open a pull request against Branch instead of committing to it
+	Branch string  // "" is main
+	PR     bool    // open a pull request against Branch instead of committing to it
+	Xet    XetMode // whether uploads may go through Xet storage (StartXet, the batch)
 	// MaxFiles is the most files a commit carries (0: 100, as the Hub advises); a larger
 	// one is made through a pull request of several commits, merged at the end.
 	MaxFiles int
+
+	// XetTransport, when set, carries the requests to the Xet CAS (tests use it to
+	// alter what is sent); nil is the xet client's own.
+	XetTransport http.RoundTripper
 }
 
 func (t *Target) branch() string {

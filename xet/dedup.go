@@ -27,7 +27,15 @@ type answer struct {
 // maybeQuery asks the global dedup index about an eligible chunk the session cannot
 // already reference. A failed query costs only dedup, so it is logged, not returned.
 func (s *Session) maybeQuery(ctx context.Context, h Hash, first bool) error {
-	if s.o.NoGlobalDedup || !(first || globalDedupEligible(h)) || s.queried[h] {
+	if !(first || globalDedupEligible(h)) {
+		return nil
+	}
+	return s.query(ctx, h)
+}
+
+// query asks about a chunk once, unless the session can already reference it.
+func (s *Session) query(ctx context.Context, h Hash) error {
+	if s.o.NoGlobalDedup || s.queried[h] {
 		return nil
 	}
 	if _, ok := s.lookup(h); ok {
@@ -242,4 +250,17 @@ func (r *ring) release(off, n int) {
 	if r.live == 0 {
 		r.head, r.tail, r.wrapped = 0, 0, false
 	}
+}
+
+// Hint asks the global dedup index about a chunk the caller knows the CAS holds (the
+// first chunk of a file the upload to come shares bytes with, such as the base of a
+// merged model), so that its answer covers the chunks the session's own eligible
+// queries would miss: a small file has few eligible chunks, and its first chunk is
+// often the one that changed. Hints count as queries: asked once, kept in arrival
+// order, so a rerun given the same hints decides the same.
+func (s *Session) Hint(ctx context.Context, h Hash) error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.query(ctx, h)
 }

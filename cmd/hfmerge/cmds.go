@@ -62,6 +62,13 @@ func planCmd(c *cli.Context, st *state) error {
 	defer l.Close()
 	p := l.Plan()
 	r := l.Report(p, o.merge.Jobs)
+	if s := c.String("repo"); s != "" {
+		repo, _, err := hub.ParseRepo(s)
+		if err != nil {
+			return usageErr("--repo: %v", err)
+		}
+		r.Target = hfmerge.PlanPush(c.Context, o.sources.Client, repo, p)
+	}
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
@@ -145,7 +152,11 @@ func pushCmd(c *cli.Context, st *state) error {
 		return hfmerge.ErrNoToken
 	}
 	ctx := c.Context
-	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision"), PR: c.Bool("pr")}
+	xm, err := upload.ParseXetMode(c.String("xet"))
+	if err != nil {
+		return usageErr("--xet: %v", err)
+	}
+	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision"), PR: c.Bool("pr"), Xet: xm}
 	// Write access is checked before anything else moves.
 	if err := hfmerge.CheckAccess(ctx, t); err != nil {
 		if errors.Is(err, hub.ErrUnauthorized) {
@@ -194,7 +205,11 @@ func pushCmd(c *cli.Context, st *state) error {
 	st.done("pushed", "result", result, "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
 		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
 		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed), "upload_busy_seconds", seconds(res.UploadBusy),
-		"disk_budget", hfmerge.Human(res.Budget))
+		"disk_budget", hfmerge.Human(res.Budget), "xet", res.Xet, "xet_expected", res.XetExpected, "xet_sent", res.XetSent)
+	if res.Xet && !res.UpToDate {
+		fmt.Fprintf(c.App.Writer, "through Xet: %s sent in xorbs (expected about %s) for %s of shards\n",
+			hfmerge.Human(res.XetSent), hfmerge.Human(res.XetExpected), hfmerge.Human(res.ShardBytes))
+	}
 	return nil
 }
 

@@ -49,7 +49,7 @@ func main() {
 	down := flag.Float64("down", 50, "download rate, MB/s")
 	up := flag.Float64("up", 25, "upload rate, MB/s")
 	verbose = flag.Bool("v", false, "print hfmerge's log of each run")
-	runs := flag.String("runs", "remote,tenth,cached", "which pushes to time: remote (default budget), tenth (a tenth of a shard), cached")
+	runs := flag.String("runs", "remote,tenth,cached,xet", "which pushes to time: remote (default budget), tenth (a tenth of a shard), cached, xet (the Hub with Xet storage, the base uploaded through Xet)")
 	flag.Parse()
 	if *bin == "" {
 		fail("-bin is required")
@@ -65,8 +65,8 @@ func main() {
 	b.generate(fixture.LlamaSpec{Hidden: *hidden, Intermediate: *inter, Layers: *layers, Vocab: *vocab, KV: *hidden / 4,
 		DType: safetensors.BF16, Seed: 1, Lazy: true}, *shardMB*1e6, *rank, strings.Split(*targets, ","))
 	fmt.Printf("machine: %s, %d cores; link: %.0f MB/s down, %.0f MB/s up\n", cpuName(), numCPU(), *down, *up)
-	fmt.Printf("model: %d shards, %.1f MB (largest %.1f MB); %d changed by the adapter (%.1f MB)\n",
-		len(b.shards), mb(b.total), mb(b.largest), b.changed, mb(b.changedBytes))
+	fmt.Printf("model: %d shards, %.1f MB (largest %.1f MB); %d changed by the adapter (%.1f MB), %.1f MB of changed tensors\n",
+		len(b.shards), mb(b.total), mb(b.largest), b.changed, mb(b.changedBytes), mb(b.tensorBytes))
 	fmt.Printf("%-28s %8s %8s %7s %10s %10s %10s %8s\n", "run", "floor s", "wall s", "ratio", "down MB", "up MB", "disk MB", "RSS MB")
 	for _, r := range strings.Split(*runs, ",") {
 		switch r {
@@ -76,6 +76,8 @@ func main() {
 			b.run("base remote, budget 1/10 shard", []string{"--disk-budget", fmt.Sprint(b.largest / 10)}, false)
 		case "cached":
 			b.run("base in the HF cache", nil, true)
+		case "xet":
+			b.runXet("Xet, base remote (in Xet)")
 		default:
 			fail("unknown run " + r)
 		}
@@ -92,6 +94,7 @@ type bench struct {
 	changed      int
 	changedBytes int64
 	firstChanged int64
+	tensorBytes  int64 // of the tensors the adapter changes
 	seq          int
 }
 
@@ -111,6 +114,7 @@ func (b *bench) generate(spec fixture.LlamaSpec, shardBytes int64, rank int, tar
 			mod := fmt.Sprintf("model.layers.%d.%s%s", l, part, t)
 			w := m.Tensor(mod + ".weight")
 			touched[mod+".weight"] = true
+			b.tensorBytes += w.Bytes()
 			a.Tensors = append(a.Tensors,
 				&fixture.Tensor{Name: fixture.Key(mod, "lora_A.weight"), DType: safetensors.F32, Shape: []int64{int64(rank), w.Shape[1]}, Std: 0.02, Seed: r.Uint64()},
 				&fixture.Tensor{Name: fixture.Key(mod, "lora_B.weight"), DType: safetensors.F32, Shape: []int64{w.Shape[0], int64(rank)}, Std: 0.02, Seed: r.Uint64()})
