@@ -18,14 +18,14 @@ type Inputs struct {
 	Base Source
 	// Adapter is the first adapter (usually the only one); Stack is every adapter with
 	// the weight its delta is scaled by, Stack[0].Source being Adapter.
-	Adapter    Source
-	Stack      []StackedAdapter
+	Adapter Source
+	Stack   []StackedAdapter
 	// Problems stopped the inputs from being read whole; the plan reports them.
 	Problems   []mergeplan.Problem
 	in         mergeplan.Input
 	inputBytes int64 // total size of the base's shards
 
-	stacked    []mergeplan.Stacked
+	stacked []mergeplan.Stacked
 
 	mu       sync.Mutex
 	adapterF []File // the adapters' weights, opened once for every shard

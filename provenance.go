@@ -50,15 +50,15 @@ type FileID struct {
 
 // Provenance is the content of hfmerge.json.
 type Provenance struct {
-	Tool    string            `json:"tool"`
-	Inputs  string            `json:"inputs"` // sha256 of tool, base, adapter and options
+	Tool    string   `json:"tool"`
+	Inputs  string   `json:"inputs"` // sha256 of tool, base, adapter and options
 	Base    SourceID `json:"base"`
 	Adapter SourceID `json:"adapter"`
 	// Adapters lists every adapter with its weight when several were stacked (or one
 	// was weighted); Adapter is then the first.
 	Adapters []WeightedID      `json:"adapters,omitempty"`
 	Options  map[string]string `json:"options"`
-	Files   map[string]FileID `json:"files"`
+	Files    map[string]FileID `json:"files"`
 	// BaseFiles is the identity of every base shard the model was merged from (push
 	// records each one's sha256; see baseid.go).
 	BaseFiles map[string]FileID `json:"base_files,omitempty"`
