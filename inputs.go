@@ -123,6 +123,9 @@ func baseFiles(s *mergeplan.Shard) []string {
 		for _, p := range t.Patches {
 			refs = append(refs, p.Values)
 		}
+		if t.Dequant != nil {
+			refs = append(refs, t.Dequant.Scale) // possibly in another shard
+		}
 		for _, r := range refs {
 			if r.File == "" || r.Adapter() || seen[r.File] {
 				continue

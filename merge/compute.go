@@ -128,6 +128,9 @@ func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 	n := (r1 - r0) * m.cols
 	v := acc.values(n)
 	m.dec(v, raw)
+	if err := m.dequant(r0, r1, v); err != nil {
+		return err
+	}
 	if err := m.patchRows(r0, r1, v); err != nil {
 		return err
 	}
@@ -329,6 +332,9 @@ func (m *tensor) columnScale(jobs int, pool *sync.Pool) func() ([]float64, error
 					}
 					v := acc.values((r1 - r0) * m.cols)
 					m.dec(v, raw)
+					if err := m.dequant(r0, r1, v); err != nil {
+						return err
+					}
 					if err := m.patchRows(r0, r1, v); err != nil {
 						return err
 					}

@@ -69,6 +69,9 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
 		}
+		if t.Dequant != nil {
+			f += t.Dequant.Scale.Rows() * t.Dequant.Scale.Cols() * 8
+		}
 		largest = max(largest, f)
 	}
 	return int64(opts.Jobs)*blockElems*perElem + opts.CacheBytes + factorBytes + largest + writeBuffer
@@ -148,6 +151,9 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 	if t.DoRA != nil {
 		refs = append(refs, t.DoRA.Magnitude)
 	}
+	if t.Dequant != nil {
+		refs = append(refs, t.Dequant.Scale)
+	}
 	for _, r := range refs {
 		if r.File != "" && in[r.File] == nil {
 			return nil, fmt.Errorf("merge: %s needs %s, which was not given", t.Name, r.File)
@@ -178,7 +184,12 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			m.colScale = m.columnScale(sh.jobs, sh.pool)
 		}
-		if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil {
+		if t.Dequant != nil {
+			if err := m.prepareDequant(); err != nil {
+				return nil, err
+			}
+		}
+		if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil && t.Dequant == nil {
 			m.fused = true
 			// The fused kernels take rows 6 at a time, and the rest one by one,
 			// at a third of the speed.

@@ -23,6 +23,7 @@ type tensor struct {
 	kern       kernel
 	fused      bool                      // one low-rank delta and nothing else: fusedBlock
 	colScale   func() ([]float64, error) // DoRA per-column factors, computed once
+	scales     func() ([]float64, error) // a quantized source's block scales, read once
 	blockRows  int
 }
 

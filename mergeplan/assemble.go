@@ -18,6 +18,9 @@ func (b *builder) assemble() {
 	for i, f := range in.Shards {
 		s := Shard{Name: f.Name, Base: f.Name, Metadata: f.Header.Metadata}
 		for _, bt := range f.Header.Tensors {
+			if b.dropped[bt.Name] {
+				continue
+			}
 			t, ok := b.outs[bt.Name]
 			if !ok {
 				t = b.out(bt.Name)
@@ -51,6 +54,7 @@ func (b *builder) assemble() {
 	if !b.p.OK() {
 		return
 	}
+	b.quantSizes()
 	b.writeIndex()
 	b.writeConfig()
 }
@@ -61,7 +65,7 @@ func (b *builder) finish(t *Tensor) Tensor {
 	if target := b.in.Options.DType.dtype(); target != "" && out.DType.Float() {
 		out.DType = target
 	}
-	if !out.Copy() && (!out.Source.DType.Float() || !out.DType.Float()) {
+	if !out.Copy() && ((!out.Source.DType.Float() && out.Dequant == nil) || !out.DType.Float()) {
 		b.problem(out.Name, "is %s and would need computing; hfmerge computes with BF16, F16 and F32 only", out.Source.DType)
 	}
 	if !out.Copy() && out.Reason == "" {
@@ -166,6 +170,17 @@ func (b *builder) writeConfig() {
 				set(text, "text_config.", k, name)
 			}
 		}
+	}
+	if b.quant != nil {
+		// The output is plain BF16: no loader may look for scales that are gone.
+		b.p.ConfigEdits = append(b.p.ConfigEdits, ConfigEdit{Key: "quantization_config", Old: b.conf["quantization_config"], New: nil})
+		delete(b.conf, "quantization_config")
+		name := b.in.Options.DType.torchName()
+		if name == "" {
+			name = "bfloat16"
+		}
+		set(b.conf, "", "dtype", name)
+		set(b.conf, "", "torch_dtype", name)
 	}
 	if len(b.p.ConfigEdits) == 0 {
 		return

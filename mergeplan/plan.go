@@ -75,6 +75,8 @@ type Options struct {
 	// Experts settles square expert parameters whose reading the planner cannot
 	// decide; ExpertAuto refuses them instead.
 	Experts ExpertLayout
+	// Quantized is what a quantized base's merge writes; default QuantBF16.
+	Quantized QuantMode
 }
 
 // Plan is everything the merge will do.
@@ -86,7 +88,8 @@ type Plan struct {
 	Config      []byte // the new config.json, nil when it does not change
 	ConfigEdits []ConfigEdit
 	Modules     []Module
-	Problems    []Problem // errors: the merge must not run
+	Quant       *Quantization // nil unless the base is quantized
+	Problems    []Problem     // errors: the merge must not run
 	Warnings    []Problem
 }
 
@@ -165,6 +168,7 @@ type Tensor struct {
 	Patches []RowPatch // rows replaced by trained values (trainable tokens)
 	Deltas  []Delta    // low-rank updates, summed
 	DoRA    *DoRA      // weight-decomposed rescale, after the deltas
+	Dequant *Dequant   // how a quantized Source becomes values, before everything else
 	New     bool       // not in the base checkpoint (an untied head, a new module)
 	Reason  string     // why the tensor changes, for reports
 }

@@ -1,0 +1,226 @@
+package merge_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// The block-FP8 reference: W[i, j] = code value · scale[i / b0, j / b1], both decoded by
+// the fixture's own arithmetic, then W + s·B·A exactly (reference.go), rounded once to
+// BF16.
+
+var scaleDTypes = []safetensors.DType{safetensors.F32, safetensors.BF16, safetensors.F16, safetensors.F8E8M0}
+
+// fp8Llama is a small block-FP8 Llama over three shards, with the first layer's q_proj
+// scale moved to the last shard (as a scale may sit in another shard than its weight).
+func fp8Llama(block [2]int64, scale safetensors.DType, seed uint64) *fixture.Model {
+	m := fixture.Llama(fixture.LlamaSpec{Hidden: 192, Intermediate: 320, Layers: 2, Vocab: 96, DType: safetensors.BF16, Seed: seed})
+	m.BlockFP8(block, scale, seed+1)
+	m.Split(3)
+	m.MoveTensor("model.layers.0.self_attn.q_proj.weight_scale_inv", 2)
+	return m
+}
+
+// fp8Targets are the modules the adapter changes: attention and the dense MLP.
+var fp8Targets = []string{"self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.down_proj"}
+
+func fp8Adapter(m *fixture.Model, seed uint64) *fixture.Adapter {
+	a := fixture.NewAdapter(8, 16, "q_proj", "v_proj", "gate_proj", "down_proj")
+	rnd := fixture.NewRand(seed)
+	for l := 0; l < 2; l++ {
+		for _, p := range fp8Targets {
+			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+			w := m.Tensor(mod + ".weight")
+			a.Linear(mod, w.Shape[0], w.Shape[1], 8, safetensors.F32, rnd)
+		}
+	}
+	return a
+}
+
+// dequantRef is the exact dequantized weight; blockOf maps an element to the scale
+// index it uses (the right one, or a deliberately wrong one).
+func dequantRef(m *fixture.Model, name string, block [2]int64, blockOf func(i, j, sr, sc int) int) []float64 {
+	w, s := m.Tensor(name), m.Tensor(name+"_scale_inv")
+	rows, cols := int(w.Shape[0]), int(w.Shape[1])
+	sr, sc := int(s.Shape[0]), int(s.Shape[1])
+	out := make([]float64, rows*cols)
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			out[i*cols+j] = w.Values[i*cols+j] * s.Values[blockOf(i/int(block[0]), j/int(block[1]), sr, sc)]
+		}
+	}
+	return out
+}
+
+func rightBlock(bi, bj, sr, sc int) int { return bi*sc + bj }
+
+// judge is the verdict of the reference on one merged tensor set: every touched element
+// within one rounding of the exact value, few differing from the correctly rounded one.
+func judge(tl *tally) bool {
+	return tl.n > 0 && tl.far == 0 && float64(tl.differ)/float64(tl.n) <= bound(safetensors.BF16, false)
+}
+
+func TestBlockFP8ToBF16(t *testing.T) {
+	for _, block := range [][2]int64{{64, 32}, {128, 128}} {
+		for _, sdt := range scaleDTypes {
+			t.Run(fmt.Sprintf("block=%dx%d/scale=%s", block[0], block[1], sdt), func(t *testing.T) {
+				m := fp8Llama(block, sdt, 3)
+				a := fp8Adapter(m, 4)
+				res := run(t, m, a, mergeplan.Options{})
+				var tl tally
+				for l := 0; l < 2; l++ {
+					for _, p := range fp8Targets {
+						mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+						name := mod + ".weight"
+						w := m.Tensor(name)
+						got := res.tensor(t, name)
+						if got.DType != safetensors.BF16 {
+							t.Fatalf("%s: dtype %s, want BF16", name, got.DType)
+						}
+						A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+						W := dequantRef(m, name, block, rightBlock)
+						checkTensor(&tl, safetensors.BF16, got.Values, W, int(w.Shape[0]), int(w.Shape[1]), []refDelta{linearDelta(2, 8, A, B)})
+					}
+				}
+				tl.assert(t, "block FP8 → BF16", safetensors.BF16, false)
+				checkUntouchedFP8(t, m, res, block)
+			})
+		}
+	}
+}
+
+// checkUntouchedFP8: untouched FP8 weights are exactly the dequantization rounded once,
+// BF16 tensors are the base's bytes, scales are gone, and config.json and the index say
+// so.
+func checkUntouchedFP8(t *testing.T, m *fixture.Model, res *result, block [2]int64) {
+	t.Helper()
+	touched := map[string]bool{}
+	for l := 0; l < 2; l++ {
+		for _, p := range fp8Targets {
+			touched[fmt.Sprintf("model.layers.%d.%s.weight", l, p)] = true
+		}
+	}
+	exact, same := 0, 0
+	for _, bt := range m.Tensors {
+		switch {
+		case strings.HasSuffix(bt.Name, "_scale_inv"):
+			if _, ok := res.tensors[bt.Name]; ok {
+				t.Errorf("%s is in the output", bt.Name)
+			}
+		case bt.DType == safetensors.F8E4M3 && !touched[bt.Name]:
+			got := res.tensor(t, bt.Name)
+			for i, v := range dequantRef(m, bt.Name, block, rightBlock) {
+				if want := fixture.RoundBF16(v); got.Values[i] != want {
+					t.Fatalf("%s[%d] = %v, want %v, the rounded exact dequantization %v", bt.Name, i, got.Values[i], want, v)
+				}
+			}
+			exact++
+		case bt.DType == safetensors.BF16:
+			if !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)) {
+				t.Errorf("%s is untouched BF16 but its bytes changed", bt.Name)
+			}
+			same++
+		}
+	}
+	if exact == 0 || same == 0 {
+		t.Fatalf("compared %d untouched FP8 and %d BF16 tensors", exact, same)
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(res.plan.Config, &conf); err != nil {
+		t.Fatalf("config.json: %v", err)
+	}
+	if _, ok := conf["quantization_config"]; ok {
+		t.Error("config.json keeps quantization_config")
+	}
+	if conf["torch_dtype"] != "bfloat16" || conf["dtype"] != "bfloat16" {
+		t.Errorf("config.json has torch_dtype %v, dtype %v; want bfloat16", conf["torch_dtype"], conf["dtype"])
+	}
+	if bytes.Contains(res.plan.Index, []byte("_scale_inv")) {
+		t.Error("the index still names scale tensors")
+	}
+}
+
+// TestFP8ReferenceCatchesWrongMerges shows that the reference rejects the mistakes other
+// tools shipped: the scale never applied, the sum rounded back into FP8 (the delta lost
+// to three mantissa bits), and the scale grid read transposed.
+func TestFP8ReferenceCatchesWrongMerges(t *testing.T) {
+	block := [2]int64{64, 32}
+	m := fp8Llama(block, safetensors.F32, 5)
+	a := fp8Adapter(m, 6)
+	wrong := map[string]func(name string, W, delta []float64, cols int) []float64{
+		"scale skipped": func(name string, _, delta []float64, _ int) []float64 {
+			q := m.Tensor(name).Values
+			out := make([]float64, len(q))
+			for i := range q {
+				out[i] = fixture.RoundBF16(q[i] + delta[i])
+			}
+			return out
+		},
+		"delta rounded to FP8": func(name string, W, delta []float64, cols int) []float64 {
+			s := m.Tensor(name + "_scale_inv")
+			out := make([]float64, len(W))
+			for i := range W {
+				sc := s.Values[rightBlock(i/cols/int(block[0]), i%cols/int(block[1]), 0, int(s.Shape[1]))]
+				q := safetensors.F8Value(safetensors.F8E4M3, safetensors.EncodeF8E4M3((W[i]+delta[i])/sc))
+				out[i] = fixture.RoundBF16(q * sc)
+			}
+			return out
+		},
+		"block index transposed": func(name string, _, delta []float64, _ int) []float64 {
+			W := dequantRef(m, name, block, func(bi, bj, sr, _ int) int { return bj*sr + bi })
+			out := make([]float64, len(W))
+			for i := range W {
+				out[i] = fixture.RoundBF16(W[i] + delta[i])
+			}
+			return out
+		},
+	}
+	for what, merge := range wrong {
+		var tl tally
+		for l := 0; l < 2; l++ {
+			for _, p := range fp8Targets {
+				mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+				name := mod + ".weight"
+				w := m.Tensor(name)
+				rows, cols := int(w.Shape[0]), int(w.Shape[1])
+				A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+				d := linearDelta(2, 8, A, B)
+				W := dequantRef(m, name, block, rightBlock)
+				delta := make([]float64, len(W))
+				for i := range delta {
+					for k := 0; k < 8; k++ {
+						delta[i] += d.s * d.l(i/cols, k) * d.r(k, i%cols)
+					}
+				}
+				checkTensor(&tl, safetensors.BF16, merge(name, W, delta, cols), W, rows, cols, []refDelta{d})
+			}
+		}
+		t.Logf("%s: %d of %d elements differ from the correctly rounded value, %d beyond one rounding", what, tl.differ, tl.n, tl.far)
+		if judge(&tl) {
+			t.Errorf("the reference accepts a merge with the %s (%d of %d elements differ, %d far)", what, tl.differ, tl.n, tl.far)
+		}
+	}
+	// And it accepts the engine's merge of the same inputs.
+	res := run(t, m, a, mergeplan.Options{})
+	var tl tally
+	for l := 0; l < 2; l++ {
+		for _, p := range fp8Targets {
+			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+			name := mod + ".weight"
+			w := m.Tensor(name)
+			A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+			checkTensor(&tl, safetensors.BF16, res.tensor(t, name).Values, dequantRef(m, name, block, rightBlock),
+				int(w.Shape[0]), int(w.Shape[1]), []refDelta{linearDelta(2, 8, A, B)})
+		}
+	}
+	if !judge(&tl) {
+		t.Errorf("the reference rejects the engine's merge: %d of %d differ, %d far", tl.differ, tl.n, tl.far)
+	}
+}

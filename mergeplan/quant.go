@@ -1,0 +1,258 @@
+package mergeplan
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// QuantMode is the --quantized option: what a merge into a quantized base writes.
+type QuantMode string
+
+const (
+	// QuantBF16 dequantizes every quantized tensor exactly and writes BF16 (touched ones
+	// W + s·ΔW rounded once); scale tensors and quantization_config are dropped.
+	QuantBF16 QuantMode = "bf16"
+	// QuantKeep copies untouched tensors and requantizes touched ones into the base's
+	// format (not built yet: refused).
+	QuantKeep QuantMode = "keep"
+	// QuantMixed keeps untouched tensors quantized and writes touched ones in BF16
+	// (not built yet: refused).
+	QuantMixed QuantMode = "mixed"
+)
+
+// ScaleSuffix names the block scale of a block-FP8 weight: <weight>_scale_inv.
+const ScaleSuffix = "_scale_inv"
+
+// Dequant says how a quantized source tensor becomes real values: element (i, j) is
+// the decoded code times Scale[i / BlockRows, j / BlockCols].
+type Dequant struct {
+	Scale     Ref // [⌈rows/BlockRows⌉, ⌈cols/BlockCols⌉] of F32, BF16, F16 or F8_E8M0
+	BlockRows int64
+	BlockCols int64
+}
+
+// Quantization is what the plan found about a quantized base, for reports.
+type Quantization struct {
+	Method string   `json:"method"`           // quant_method, e.g. "fp8"
+	Block  [2]int64 `json:"block,omitempty"`  // weight_block_size
+	Mode   string   `json:"mode"`             // the --quantized mode in force
+	Scales []Scale  `json:"scales,omitempty"` // every scale tensor used, in name order
+	// The output's tensor bytes in each mode (modes not built yet are left out), and
+	// the base's.
+	BaseBytes int64            `json:"base_bytes"`
+	Bytes     map[string]int64 `json:"bytes"`
+}
+
+// Scale is one scale tensor the merge reads, and the weight it belongs to.
+type Scale struct {
+	Weight      string `json:"weight"`
+	Name        string `json:"name"`
+	File        string `json:"file"`
+	WeightFile  string `json:"weight_file"`
+	DType       string `json:"dtype"`
+	CrossShard  bool   `json:"cross_shard,omitempty"`
+	WeightDType string `json:"weight_dtype"`
+}
+
+// quantConfig is the part of quantization_config a block-FP8 base is read by.
+type quantConfig struct {
+	method   string
+	block    [2]int64
+	scaleFmt string
+}
+
+// refusedMethods are quantization formats hfmerge does not decode, with what to do.
+var refusedMethods = map[string]string{
+	"bitsandbytes": "bitsandbytes (4-bit NF4/FP4 or 8-bit LLM.int8) bases are not supported: merge into the original BF16 model the bitsandbytes one was made from (QLoRA adapters are trained against it)",
+	"gptq":         "GPTQ bases are not supported: merge into the original BF16 model, then quantize the result again with GPTQ if you need it",
+	"awq":          "AWQ bases are not supported: merge into the original BF16 model, then quantize the result again with AWQ if you need it",
+}
+
+// readQuant reads config.json's quantization_config into b.quant, or records why the
+// base cannot be merged.
+func (b *builder) readQuant(q any) {
+	subject := "config.json: quantization_config"
+	m, ok := q.(map[string]any)
+	if !ok {
+		b.problem(subject, "is not a JSON object")
+		return
+	}
+	method, _ := m["quant_method"].(string)
+	if why, refused := refusedMethods[strings.ToLower(method)]; refused {
+		b.problem(subject, "quant_method is %q: %s", method, why)
+		return
+	}
+	switch method {
+	case "fp8":
+	case "compressed-tensors":
+		formats := compressedFormats(m)
+		for _, f := range formats {
+			if strings.Contains(f, "pack-quantized") {
+				b.problem(subject, "is compressed-tensors %q (packed INT4 or FP4, as Kimi K2's INT4 release): hfmerge does not decode it; "+
+					"merge into the original BF16 model, or, when the adapter touches only BF16 modules, ask for in-place support", f)
+				return
+			}
+		}
+		b.problem(subject, "is compressed-tensors (formats %s): hfmerge does not merge into compressed-tensors bases yet; "+
+			"dequantize the base to BF16 first (or use the original BF16 model)", strings.Join(formats, ", "))
+		return
+	case "mxfp4":
+		b.problem(subject, "is MXFP4 (gpt-oss): hfmerge does not merge into MXFP4 bases yet; use the BF16 release of the model")
+		return
+	default:
+		b.problem(subject, "quant_method is %q, a format hfmerge does not decode; use the original (unquantized) model as the base", method)
+		return
+	}
+	qc := &quantConfig{method: method}
+	if f, ok := m["fmt"].(string); ok && f != "e4m3" {
+		b.problem(subject+": fmt", "is %q; block-FP8 bases are read in e4m3 only", f)
+		return
+	}
+	if f, ok := m["scale_fmt"].(string); ok {
+		qc.scaleFmt = f
+	}
+	ws, ok := m["weight_block_size"].([]any)
+	if !ok || len(ws) != 2 {
+		b.problem(subject+": weight_block_size", "is %v: a block-FP8 base needs two block sizes [rows, cols]", m["weight_block_size"])
+		return
+	}
+	for i, v := range ws {
+		n, ok := jsonInt(v)
+		if !ok || n <= 0 {
+			b.problem(subject+": weight_block_size", "is %v: each block size must be a positive integer", ws)
+			return
+		}
+		qc.block[i] = n
+	}
+	b.quant = qc
+}
+
+// compressedFormats lists the formats a compressed-tensors config names: the top
+// level's and each config group's.
+func compressedFormats(m map[string]any) []string {
+	var out []string
+	if f, ok := m["format"].(string); ok {
+		out = append(out, f)
+	}
+	if groups, ok := m["config_groups"].(map[string]any); ok {
+		for _, k := range sortedKeys(groups) {
+			if g, ok := groups[k].(map[string]any); ok {
+				if f, ok := g["format"].(string); ok && !slices.Contains(out, f) {
+					out = append(out, f)
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"unnamed"}
+	}
+	return out
+}
+
+func jsonInt(v any) (int64, bool) {
+	switch n := v.(type) {
+	case interface{ Int64() (int64, error) }:
+		i, err := n.Int64()
+		return i, err == nil
+	case float64:
+		return int64(n), float64(int64(n)) == n
+	}
+	return 0, false
+}
+
+var scaleDTypes = []safetensors.DType{safetensors.F32, safetensors.BF16, safetensors.F16, safetensors.F8E8M0}
+
+// dequantize plans, for a block-FP8 base, every F8_E4M3 weight's dequantization with its
+// <weight>_scale_inv (looked up in every shard), and drops the scale tensors.
+func (b *builder) dequantize() {
+	q := b.quant
+	b.p.Quant = &Quantization{Method: q.method, Block: q.block, Mode: string(b.in.Options.Quantized), Bytes: map[string]int64{}}
+	b.dropped = map[string]bool{}
+	for _, name := range sortedKeys(b.base.byName) {
+		bt := b.base.byName[name]
+		ref := bt.Ref
+		if weight, ok := strings.CutSuffix(name, ScaleSuffix); ok {
+			if w, has := b.base.byName[weight]; !has || !isFP8(w.Ref.DType) {
+				b.problem(ref.File+": "+name, "is a block scale, but %s is not an F8_E4M3 weight of the base", weight)
+			}
+			b.dropped[name] = true
+			continue
+		}
+		if !isFP8(ref.DType) {
+			continue // BF16 norms, embeddings, heads; integers: merged or copied as usual
+		}
+		subject := ref.File + ": " + name
+		if ref.DType != safetensors.F8E4M3 {
+			b.problem(subject, "is %s; block-FP8 (quant_method fp8) weights are F8_E4M3", ref.DType)
+			continue
+		}
+		st, ok := b.base.byName[name+ScaleSuffix]
+		if !ok {
+			b.problem(subject, "is an F8_E4M3 weight without its block scale %s%s in any shard; the base is incomplete", name, ScaleSuffix)
+			continue
+		}
+		sref := st.Ref
+		if len(ref.Shape) != 2 {
+			b.problem(subject, "has shape %s; hfmerge dequantizes 2-D block-FP8 weights only", shapeString(ref.Shape))
+			continue
+		}
+		if !slices.Contains(scaleDTypes, sref.DType) {
+			b.problem(sref.File+": "+sref.Name, "is %s; a block scale is F32, BF16, F16 or F8_E8M0", sref.DType)
+			continue
+		}
+		want := []int64{ceilDiv(ref.Shape[0], q.block[0]), ceilDiv(ref.Shape[1], q.block[1])}
+		if !slices.Equal(sref.Shape, want) {
+			b.problem(sref.File+": "+sref.Name, "has shape %s, but %s %s in blocks of %dx%d (quantization_config.weight_block_size) needs %s",
+				shapeString(sref.Shape), name, shapeString(ref.Shape), q.block[0], q.block[1], shapeString(want))
+			continue
+		}
+		if q.scaleFmt == "ue8m0" && sref.DType != safetensors.F8E8M0 {
+			b.warn(sref.File+": "+sref.Name, "is %s although quantization_config says scale_fmt ue8m0; it is read as stored", sref.DType)
+		}
+		t := b.out(name)
+		t.DType = safetensors.BF16
+		t.Dequant = &Dequant{Scale: sref, BlockRows: q.block[0], BlockCols: q.block[1]}
+		t.Reason = "dequantized from block FP8"
+		b.p.Quant.Scales = append(b.p.Quant.Scales, Scale{Weight: name, Name: sref.Name, File: sref.File, WeightFile: ref.File,
+			DType: string(sref.DType), WeightDType: string(ref.DType), CrossShard: sref.File != ref.File})
+	}
+}
+
+func isFP8(d safetensors.DType) bool { return d == safetensors.F8E4M3 || d == safetensors.F8E5M2 }
+
+func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
+
+// quantSizes works out the output's tensor bytes in each mode from the plan: bf16
+// writes every dequantized weight in its output dtype and no scales; keep writes the
+// base's bytes; mixed writes touched quantized weights in BF16 without their scales,
+// and everything else as the base has it. Tensors the adapter adds count in each.
+func (b *builder) quantSizes() {
+	q := b.p.Quant
+	if q == nil {
+		return
+	}
+	for _, f := range b.in.Shards {
+		for _, t := range f.Header.Tensors {
+			q.BaseBytes += t.Len()
+		}
+	}
+	var out, added, mixedExtra int64
+	for _, s := range b.p.Shards {
+		for i, t := range s.Tensors {
+			n := s.Layout.Tensors[i].Len()
+			out += n
+			if t.New {
+				added += n
+				continue
+			}
+			if t.Dequant != nil && (len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil) {
+				mixedExtra += t.Rows()*t.Cols()*2 - t.Source.Len - t.Dequant.Scale.Len
+			}
+		}
+	}
+	q.Bytes[string(QuantBF16)] = out
+	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
+	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
+}
