@@ -132,6 +132,11 @@ func newProvenance(l *Inputs, opts mergeplan.Options) (*Provenance, error) {
 	p := &Provenance{Tool: "hfmerge " + Version(), Base: base, Adapter: adapter,
 		Options: map[string]string{"dtype": string(opts.DType), "tied_embeddings": string(opts.Tied)},
 		Files:   map[string]FileID{}}
+	if opts.Quantized != "" && opts.Quantized != mergeplan.QuantBF16 {
+		// Only a mode other than the default changes a quantized base's output; the
+		// default leaves every identity made before the option existed as it was.
+		p.Options["quantized"] = string(opts.Quantized)
+	}
 	b, _ := json.Marshal([]any{p.Tool, p.Base, p.Adapter, p.Options})
 	sum := sha256.Sum256(b)
 	p.Inputs = hex.EncodeToString(sum[:])

@@ -39,8 +39,7 @@ type Quantization struct {
 	Block  [2]int64 `json:"block,omitempty"`  // weight_block_size
 	Mode   string   `json:"mode"`             // the --quantized mode in force
 	Scales []Scale  `json:"scales,omitempty"` // every scale tensor used, in name order
-	// The output's tensor bytes in each mode (modes not built yet are left out), and
-	// the base's.
+	// The output's tensor bytes (headers aside) in each mode, and the base's.
 	BaseBytes int64            `json:"base_bytes"`
 	Bytes     map[string]int64 `json:"bytes"`
 }
