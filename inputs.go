@@ -126,6 +126,9 @@ func baseFiles(s *mergeplan.Shard) []string {
 		if t.Dequant != nil {
 			refs = append(refs, t.Dequant.Scale) // possibly in another shard
 		}
+		if w := t.ScaleOf; w != nil {
+			refs = append(refs, w.Source, w.Dequant.Scale) // the weight the scales are chosen for
+		}
 		for _, r := range refs {
 			if r.File == "" || r.Adapter() || seen[r.File] {
 				continue

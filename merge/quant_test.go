@@ -2,12 +2,18 @@ package merge_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math"
+	"math/big"
+	"sort"
 	"strings"
 	"testing"
 
 	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/merge"
 	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
@@ -223,4 +229,143 @@ func TestFP8ReferenceCatchesWrongMerges(t *testing.T) {
 	if !judge(&tl) {
 		t.Errorf("the reference rejects the engine's merge: %d of %d differ, %d far", tl.differ, tl.n, tl.far)
 	}
+}
+
+// e4m3Nearest is the reference requantization: the F8_E4M3 code nearest to x / s,
+// ties to the even code, decided in 256-bit arithmetic among the grid points around
+// the quotient (the grid listed from the fixture's own decoder); a quotient beyond
+// ±448 has no nearest point here (it would saturate) and reports false.
+func e4m3Nearest(x dd, s float64) (byte, bool) {
+	z := new(big.Float).SetPrec(256).SetFloat64(x.hi)
+	z.Add(z, new(big.Float).SetPrec(256).SetFloat64(x.lo))
+	z.Quo(z, new(big.Float).SetPrec(256).SetFloat64(s))
+	var sign byte
+	if z.Sign() < 0 {
+		sign = 0x80
+		z.Neg(z)
+	}
+	if z.Cmp(big.NewFloat(448)) > 0 {
+		return 0, false
+	}
+	zf, _ := z.Float64()
+	k := sort.SearchFloat64s(e4m3Grid, zf)
+	best, bestDist := -1, new(big.Float)
+	for c := max(0, k-2); c < min(len(e4m3Grid), k+2); c++ {
+		d := new(big.Float).SetPrec(256).Sub(z, new(big.Float).SetFloat64(e4m3Grid[c]))
+		d.Abs(d)
+		switch cmp := d.Cmp(bestDist); {
+		case best < 0 || cmp < 0, cmp == 0 && c&1 == 0:
+			best, bestDist = c, d
+		}
+	}
+	return sign | byte(best), true
+}
+
+// e4m3Grid is the non-negative F8_E4M3 values in order: code c has value e4m3Grid[c].
+var e4m3Grid = func() []float64 {
+	var g []float64
+	for c := 0; c < 0x7f; c++ {
+		g = append(g, fixture.F8(safetensors.F8E4M3, byte(c)))
+	}
+	if !sort.Float64sAreSorted(g) {
+		panic("E4M3 codes are not in value order")
+	}
+	return g
+}()
+
+func TestBlockFP8Keep(t *testing.T) {
+	for _, sdt := range scaleDTypes {
+		t.Run("scale="+string(sdt), func(t *testing.T) {
+			block := [2]int64{64, 32}
+			m := fp8Llama(block, sdt, 11)
+			a := fp8Adapter(m, 12)
+			res := run(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantKeep})
+			touched := map[string]bool{}
+			var elements, changed int
+			var num, den float64
+			for l := 0; l < 2; l++ {
+				for _, p := range fp8Targets {
+					mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+					name := mod + ".weight"
+					touched[name], touched[name+"_scale_inv"] = true, true
+					w := m.Tensor(name)
+					rows, cols := int(w.Shape[0]), int(w.Shape[1])
+					got, scale := res.raw[name], res.tensor(t, name+"_scale_inv")
+					if res.tensor(t, name).DType != safetensors.F8E4M3 || scale.DType != sdt {
+						t.Fatalf("%s is %s with %s scales; want F8_E4M3 with %s", name, res.tensor(t, name).DType, scale.DType, sdt)
+					}
+					A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+					W := dequantRef(m, name, block, rightBlock)
+					exact := exactValues(W, rows, cols, []refDelta{linearDelta(2, 8, A, B)})
+					sc := int(scale.Shape[1])
+					amax := make([]float64, len(scale.Values))
+					for i, x := range exact {
+						b := (i/cols/int(block[0]))*sc + (i%cols)/int(block[1])
+						amax[b] = max(amax[b], math.Abs(x.hi))
+						s := scale.Values[b]
+						want, ok := e4m3Nearest(x, s)
+						if !ok {
+							t.Fatalf("%s[%d]: %v / %v saturates", name, i, x.hi, s)
+						}
+						if got[i] != want {
+							t.Fatalf("%s[%d]: code %#02x, want %#02x (exact %v / scale %v)", name, i, got[i], want, x.hi, s)
+						}
+						kept := fixture.F8(safetensors.F8E4M3, got[i])*s - W[i]
+						d := x.hi - W[i]
+						elements++
+						if kept != 0 {
+							changed++
+						}
+						num += (kept - d) * (kept - d)
+						den += d * d
+					}
+					for b, s := range scale.Values {
+						if amax[b] > 0 && s > 2*amax[b]/448 {
+							t.Errorf("%s block %d: scale %v is more than twice the %v its largest value %v needs", name, b, s, amax[b]/448, amax[b])
+						}
+					}
+				}
+			}
+			t.Logf("keep: %d of %d touched elements changed; the delta kept is off by %.3g relative", changed, elements, math.Sqrt(num/den))
+			for _, bt := range m.Tensors {
+				if touched[bt.Name] {
+					continue
+				}
+				if !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)) {
+					t.Errorf("%s is untouched but its bytes changed", bt.Name)
+				}
+			}
+			if res.plan.Config != nil && !bytes.Contains(res.plan.Config, []byte("quantization_config")) {
+				t.Error("config.json loses quantization_config in keep mode")
+			}
+			got := requantStats(t, m, a)
+			if got.Elements != elements || got.Changed != changed || math.Abs(got.DeltaError()-math.Sqrt(num/den)) > 1e-9 {
+				t.Errorf("engine reports %+v; reference %d elements, %d changed, error %.6g", got, elements, changed, math.Sqrt(num/den))
+			}
+		})
+	}
+}
+
+// requantStats merges every shard in keep mode and sums what the engine reports.
+func requantStats(t *testing.T, m *fixture.Model, a *fixture.Adapter) merge.RequantStats {
+	p, files := plan(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantKeep})
+	var sum merge.RequantStats
+	var num, den float64
+	for i := range p.Shards {
+		sh, err := merge.New(&p.Shards[i], files, merge.Options{Jobs: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sh.Write(context.Background(), io.Discard, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range sh.Requantized() {
+			sum.Elements += r.Elements
+			sum.Changed += r.Changed
+			num += r.ErrorNorm * r.ErrorNorm
+			den += r.DeltaNorm * r.DeltaNorm
+		}
+	}
+	sum.DeltaNorm, sum.ErrorNorm = math.Sqrt(den), math.Sqrt(num)
+	return sum
 }

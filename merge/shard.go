@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
 )
 
 // blockElems is the number of elements a row block aims for: large enough to amortise
@@ -154,6 +155,12 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 	if t.Dequant != nil {
 		refs = append(refs, t.Dequant.Scale)
 	}
+	if w := t.ScaleOf; w != nil {
+		refs = append(refs, w.Source, w.Dequant.Scale)
+		for _, d := range w.Deltas {
+			refs = append(refs, d.A, d.B)
+		}
+	}
 	for _, r := range refs {
 		if r.File != "" && in[r.File] == nil {
 			return nil, fmt.Errorf("merge: %s needs %s, which was not given", t.Name, r.File)
@@ -171,7 +178,7 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 	}
 	if !t.Copy() {
 		m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)
-		if m.dec == nil || m.out == nil {
+		if m.dec == nil || (m.out == nil && t.Requant == nil && t.ScaleOf == nil) {
 			return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
 		}
 		m.blockRows = max(1, blockElems/max(1, m.cols))
@@ -189,7 +196,24 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 				return nil, err
 			}
 		}
-		if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil && t.Dequant == nil {
+		if t.Requant != nil {
+			if t.Dequant == nil || len(t.Patches) > 0 || t.DoRA != nil || t.DType != safetensors.F8E4M3 {
+				return nil, fmt.Errorf("merge: %s: requantization needs a block-FP8 source merged with low-rank deltas only", t.Name)
+			}
+			m.prepareRequant(sh.jobs, sh.pool)
+		}
+		if w := t.ScaleOf; w != nil {
+			if w.Requant == nil {
+				return nil, fmt.Errorf("merge: %s: the scales of %s, which is not requantized", t.Name, w.Name)
+			}
+			of, err := sh.newTensor(w, 0, 0, in, factors, kern)
+			if err != nil {
+				return nil, err
+			}
+			m.of = of
+			m.blockRows = m.rows
+		}
+		if len(t.Deltas) == 1 && !t.Deltas[0].Vector && len(t.Patches) == 0 && t.DoRA == nil && t.Dequant == nil && t.Requant == nil {
 			m.fused = true
 			// The fused kernels take rows 6 at a time, and the rest one by one,
 			// at a third of the speed.

@@ -62,10 +62,10 @@ func (b *builder) assemble() {
 // finish settles a tensor's output dtype and checks that it can be computed.
 func (b *builder) finish(t *Tensor) Tensor {
 	out := *t
-	if target := b.in.Options.DType.dtype(); target != "" && out.DType.Float() {
+	if target := b.in.Options.DType.dtype(); target != "" && out.DType.Float() && !b.scaleNames[out.Name] {
 		out.DType = target
 	}
-	if !out.Copy() && ((!out.Source.DType.Float() && out.Dequant == nil) || !out.DType.Float()) {
+	if !out.Copy() && out.Requant == nil && out.ScaleOf == nil && ((!out.Source.DType.Float() && out.Dequant == nil) || !out.DType.Float()) {
 		b.problem(out.Name, "is %s and would need computing; hfmerge computes with BF16, F16 and F32 only", out.Source.DType)
 	}
 	if !out.Copy() && out.Reason == "" {
@@ -171,7 +171,7 @@ func (b *builder) writeConfig() {
 			}
 		}
 	}
-	if b.quant != nil {
+	if b.quant != nil && b.in.Options.Quantized == QuantBF16 {
 		// The output is plain BF16: no loader may look for scales that are gone.
 		b.p.ConfigEdits = append(b.p.ConfigEdits, ConfigEdit{Key: "quantization_config", Old: b.conf["quantization_config"], New: nil})
 		delete(b.conf, "quantization_config")

@@ -37,6 +37,9 @@ type builder struct {
 	evidence map[bool]string
 	quant    *quantConfig    // a block-FP8 base's quantization_config, nil if unquantized
 	dropped  map[string]bool // base tensors the output leaves out (block scales)
+	// The block scales of a quantized base kept in the output, whose dtype --dtype
+	// does not change.
+	scaleNames map[string]bool
 }
 
 // Build plans the merge. It never fails: everything wrong is in Plan.Problems, so one
@@ -52,6 +55,7 @@ func Build(in *Input) *Plan {
 	b.readAdapter()
 	if b.cfg != nil && in.Adapter != nil && len(in.Shards) > 0 && b.p.OK() {
 		b.plan()
+		b.settleQuant()
 	}
 	if b.p.OK() {
 		b.assemble()
@@ -79,8 +83,8 @@ func (b *builder) options() {
 		o.Quantized = QuantBF16
 	}
 	switch o.Quantized {
-	case QuantBF16:
-	case QuantKeep, QuantMixed:
+	case QuantBF16, QuantKeep:
+	case QuantMixed:
 		b.problem("--quantized", "%s is not built yet; use --quantized bf16", o.Quantized)
 	default:
 		b.problem("--quantized", "is %q: want bf16, keep or mixed", o.Quantized)

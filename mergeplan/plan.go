@@ -169,13 +169,20 @@ type Tensor struct {
 	Deltas  []Delta    // low-rank updates, summed
 	DoRA    *DoRA      // weight-decomposed rescale, after the deltas
 	Dequant *Dequant   // how a quantized Source becomes values, before everything else
-	New     bool       // not in the base checkpoint (an untied head, a new module)
-	Reason  string     // why the tensor changes, for reports
+	// Requant writes the result quantized again (--quantized keep): DType is the
+	// base's FP8 dtype, each block's scale chosen from the result.
+	Requant *Requant
+	// ScaleOf makes this tensor the block scales the requantization of another output
+	// tensor chooses (its <weight>_scale_inv); Source is the base's scale.
+	ScaleOf *Tensor
+	New     bool   // not in the base checkpoint (an untied head, a new module)
+	Reason  string // why the tensor changes, for reports
 }
 
 // Copy reports whether the output bytes are the source bytes.
 func (t *Tensor) Copy() bool {
-	return len(t.Patches) == 0 && len(t.Deltas) == 0 && t.DoRA == nil && t.DType == t.Source.DType
+	return len(t.Patches) == 0 && len(t.Deltas) == 0 && t.DoRA == nil && t.DType == t.Source.DType &&
+		t.Requant == nil && t.ScaleOf == nil && t.Dequant == nil
 }
 
 // Rows and Cols view the output as a matrix, as Ref does.

@@ -17,8 +17,8 @@ const (
 	// QuantKeep copies untouched tensors and requantizes touched ones into the base's
 	// format (not built yet: refused).
 	QuantKeep QuantMode = "keep"
-	// QuantMixed keeps untouched tensors quantized and writes touched ones in BF16
-	// (not built yet: refused).
+	// QuantMixed keeps untouched tensors quantized and writes touched ones in BF16,
+	// listed in quantization_config.modules_to_not_convert (not built yet: refused).
 	QuantMixed QuantMode = "mixed"
 )
 
@@ -33,6 +33,15 @@ type Dequant struct {
 	BlockCols int64
 }
 
+// Requant is how a merged tensor is quantized again in the base's geometry: blocks of
+// BlockRows×BlockCols, each with one scale of ScaleDType (a power of two for
+// F8_E8M0), the smallest of that dtype with which no value of the block exceeds the
+// format's largest; values rounded to nearest, ties to even.
+type Requant struct {
+	BlockRows, BlockCols int64
+	ScaleDType           safetensors.DType
+}
+
 // Quantization is what the plan found about a quantized base, for reports.
 type Quantization struct {
 	Method string   `json:"method"`           // quant_method, e.g. "fp8"
@@ -42,6 +51,10 @@ type Quantization struct {
 	// The output's tensor bytes (headers aside) in each mode, and the base's.
 	BaseBytes int64            `json:"base_bytes"`
 	Bytes     map[string]int64 `json:"bytes"`
+	// keep: the weights requantized; mixed: the modules written in BF16 and named in
+	// quantization_config.modules_to_not_convert.
+	Requantized  []string `json:"requantized,omitempty"`
+	NotConverted []string `json:"not_converted,omitempty"`
 }
 
 // Scale is one scale tensor the merge reads, and the weight it belongs to.
@@ -254,4 +267,58 @@ func (b *builder) quantSizes() {
 	q.Bytes[string(QuantBF16)] = out
 	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
 	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
+}
+
+// settleQuant decides, once the adapter is planned, what --quantized keep and mixed do
+// with each quantized weight: untouched ones (and their scales) are copied as they are;
+// touched ones are requantized with new scales (keep) or written in BF16 without their
+// scale (mixed). bf16 needs nothing more.
+func (b *builder) settleQuant() {
+	mode := b.in.Options.Quantized
+	if b.quant == nil || mode == QuantBF16 {
+		return
+	}
+	for _, name := range sortedKeys(b.outs) {
+		t := b.outs[name]
+		bt, inBase := b.base.byName[name]
+		if !inBase || !isFP8(bt.Ref.DType) {
+			continue
+		}
+		scale := name + ScaleSuffix
+		touched := len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
+		if !touched {
+			t.DType, t.Dequant, t.Reason = bt.Ref.DType, nil, ""
+			delete(b.dropped, scale)
+			continue
+		}
+		if t.DoRA != nil {
+			b.problem(name, "has a DoRA adapter; DoRA on a quantized base is merged with --quantized bf16 only")
+			continue
+		}
+		switch mode {
+		case QuantKeep:
+			if t.Source.Adapter() {
+				b.problem(name, "is replaced by the adapter's trained copy; --quantized keep cannot requantize a replacement, use bf16 or mixed")
+				continue
+			}
+			q := t.Dequant
+			t.DType = bt.Ref.DType
+			t.Requant = &Requant{BlockRows: q.BlockRows, BlockCols: q.BlockCols, ScaleDType: q.Scale.DType}
+			t.Reason = "merged and requantized to " + string(t.DType)
+			st := b.out(scale)
+			st.ScaleOf = t
+			st.Reason = "scales of the requantized " + name
+			delete(b.dropped, scale)
+			b.p.Quant.Requantized = append(b.p.Quant.Requantized, name)
+		case QuantMixed:
+			t.Reason = "merged, written in BF16 (modules_to_not_convert)"
+			b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, strings.TrimSuffix(name, ".weight"))
+		}
+	}
+	// Untouched BF16 scales keep their dtype whatever --dtype says: they belong to
+	// quantized weights.
+	b.scaleNames = map[string]bool{}
+	for _, s := range b.p.Quant.Scales {
+		b.scaleNames[s.Name] = true
+	}
 }

@@ -152,7 +152,7 @@ func TestQuantizedRefusals(t *testing.T) {
 	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
 		"model.norm.weight_scale_inv", "not an F8_E4M3 weight")
 	// Modes not built yet, and nonsense.
-	for _, mode := range []mergeplan.QuantMode{mergeplan.QuantKeep, mergeplan.QuantMixed} {
+	for _, mode := range []mergeplan.QuantMode{mergeplan.QuantMixed} {
 		expectProblem(t, mergeplan.Build(fp8Input(t, fp8Small(safetensors.F32), mergeplan.Options{Quantized: mode})),
 			"--quantized", string(mode), "not built yet")
 	}
@@ -168,4 +168,54 @@ func removeTensor(ts []*fixture.Tensor, name string) []*fixture.Tensor {
 		}
 	}
 	return out
+}
+
+// TestBlockFP8KeepPlan: keep copies untouched weights and scales, requantizes touched
+// weights with their scales recomputed in the base's scale dtype, keeps
+// quantization_config, and refuses DoRA.
+func TestBlockFP8KeepPlan(t *testing.T) {
+	m := fp8Small(safetensors.BF16)
+	p := mergeplan.Build(fp8Input(t, m, mergeplan.Options{Quantized: mergeplan.QuantKeep, DType: mergeplan.ToF32}))
+	if !p.OK() {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+	touched := map[string]bool{"model.layers.0.self_attn.q_proj.weight": true, "model.layers.1.mlp.down_proj.weight": true}
+	n := 0
+	for _, s := range p.Shards {
+		for _, x := range s.Tensors {
+			w, isScale := strings.CutSuffix(x.Name, "_scale_inv")
+			switch {
+			case touched[x.Name]:
+				if x.DType != safetensors.F8E4M3 || x.Requant == nil || x.Requant.ScaleDType != safetensors.BF16 || len(x.Deltas) != 1 {
+					t.Errorf("%s planned as %s, %+v", x.Name, x.DType, x.Requant)
+				}
+				n++
+			case isScale && touched[w]:
+				if x.ScaleOf == nil || x.ScaleOf.Name != w || x.DType != safetensors.BF16 {
+					t.Errorf("%s: scale planned as %s of %v", x.Name, x.DType, x.ScaleOf)
+				}
+				n++
+			case isScale || m.Tensor(x.Name).DType == safetensors.F8E4M3:
+				// --dtype fp32 does not touch a quantized weight or its scale.
+				if !x.Copy() {
+					t.Errorf("untouched %s is not a copy (%s)", x.Name, x.DType)
+				}
+			}
+		}
+	}
+	if n != 4 {
+		t.Errorf("%d requantized tensors and scales planned, want 4", n)
+	}
+	if p.Config != nil && !strings.Contains(string(p.Config), "quantization_config") {
+		t.Error("keep drops quantization_config")
+	}
+	if got := p.Quant.Requantized; len(got) != 2 {
+		t.Errorf("requantized: %v", got)
+	}
+	a := fixture.NewAdapter(4, 4)
+	lora(m, a, "model.layers.0.self_attn.q_proj", 4)
+	a.Config["use_dora"] = true
+	a.Add(fixture.Key("model.layers.0.self_attn.q_proj", "lora_magnitude_vector"), safetensors.F32, 1, fixture.NewRand(3), 32)
+	expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantKeep})),
+		"model.layers.0.self_attn.q_proj.weight", "DoRA", "--quantized bf16")
 }
