@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"math/big"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -368,4 +369,56 @@ func requantStats(t *testing.T, m *fixture.Model, a *fixture.Adapter) merge.Requ
 	}
 	sum.DeltaNorm, sum.ErrorNorm = math.Sqrt(den), math.Sqrt(num)
 	return sum
+}
+
+// TestBlockFP8Mixed: untouched weights and scales byte-identical, touched weights the
+// correctly rounded BF16 of the exact merge, and the config names exactly them.
+func TestBlockFP8Mixed(t *testing.T) {
+	block := [2]int64{64, 32}
+	m := fp8Llama(block, safetensors.F8E8M0, 21)
+	a := fp8Adapter(m, 22)
+	res := run(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantMixed})
+	touched := map[string]bool{}
+	var names []string
+	var tl tally
+	for l := 0; l < 2; l++ {
+		for _, p := range fp8Targets {
+			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+			name := mod + ".weight"
+			names = append(names, mod)
+			touched[name], touched[name+"_scale_inv"] = true, true
+			w := m.Tensor(name)
+			got := res.tensor(t, name)
+			if got.DType != safetensors.BF16 {
+				t.Fatalf("%s is %s, want BF16", name, got.DType)
+			}
+			if _, ok := res.tensors[name+"_scale_inv"]; ok {
+				t.Errorf("%s_scale_inv is in the output", name)
+			}
+			A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+			checkTensor(&tl, safetensors.BF16, got.Values, dequantRef(m, name, block, rightBlock), int(w.Shape[0]), int(w.Shape[1]),
+				[]refDelta{linearDelta(2, 8, A, B)})
+		}
+	}
+	tl.assert(t, "mixed", safetensors.BF16, false)
+	for _, bt := range m.Tensors {
+		if !touched[bt.Name] && !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)) {
+			t.Errorf("%s is untouched but its bytes changed", bt.Name)
+		}
+	}
+	var conf struct {
+		Q struct {
+			NotConvert []string `json:"modules_to_not_convert"`
+			Ignored    []string `json:"ignored_layers"`
+		} `json:"quantization_config"`
+	}
+	if err := json.Unmarshal(res.plan.Config, &conf); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	got := slices.Clone(conf.Q.NotConvert)
+	slices.Sort(got)
+	if !slices.Equal(got, names) || !slices.Equal(conf.Q.Ignored, conf.Q.NotConvert) {
+		t.Errorf("modules_to_not_convert %v, ignored_layers %v; want exactly %v", conf.Q.NotConvert, conf.Q.Ignored, names)
+	}
 }

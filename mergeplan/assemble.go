@@ -182,6 +182,9 @@ func (b *builder) writeConfig() {
 		set(b.conf, "", "dtype", name)
 		set(b.conf, "", "torch_dtype", name)
 	}
+	if b.quant != nil && b.in.Options.Quantized == QuantMixed && len(b.p.Quant.NotConverted) > 0 {
+		b.notConvert()
+	}
 	if len(b.p.ConfigEdits) == 0 {
 		return
 	}

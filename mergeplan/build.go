@@ -83,9 +83,7 @@ func (b *builder) options() {
 		o.Quantized = QuantBF16
 	}
 	switch o.Quantized {
-	case QuantBF16, QuantKeep:
-	case QuantMixed:
-		b.problem("--quantized", "%s is not built yet; use --quantized bf16", o.Quantized)
+	case QuantBF16, QuantKeep, QuantMixed:
 	default:
 		b.problem("--quantized", "is %q: want bf16, keep or mixed", o.Quantized)
 	}

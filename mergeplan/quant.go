@@ -15,10 +15,10 @@ const (
 	// W + s·ΔW rounded once); scale tensors and quantization_config are dropped.
 	QuantBF16 QuantMode = "bf16"
 	// QuantKeep copies untouched tensors and requantizes touched ones into the base's
-	// format (not built yet: refused).
+	// format, with scales chosen anew; quantization_config stays.
 	QuantKeep QuantMode = "keep"
 	// QuantMixed keeps untouched tensors quantized and writes touched ones in BF16,
-	// listed in quantization_config.modules_to_not_convert (not built yet: refused).
+	// listed in quantization_config.modules_to_not_convert and ignored_layers.
 	QuantMixed QuantMode = "mixed"
 )
 
@@ -315,10 +315,75 @@ func (b *builder) settleQuant() {
 			b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, strings.TrimSuffix(name, ".weight"))
 		}
 	}
+	if mode == QuantMixed {
+		b.fusedWarning()
+	}
 	// Untouched BF16 scales keep their dtype whatever --dtype says: they belong to
 	// quantized weights.
 	b.scaleNames = map[string]bool{}
 	for _, s := range b.p.Quant.Scales {
 		b.scaleNames[s.Name] = true
+	}
+}
+
+// fusedGroups are the projections vLLM loads as one fused layer, which must all have
+// the same precision (its is_layer_skipped raises "Detected some but not all shards
+// of ... are quantized").
+var fusedGroups = [][]string{{"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"}}
+
+// fusedWarning warns, once per group, when mixed mode writes some but not all
+// projections of a fused group in BF16.
+func (b *builder) fusedWarning() {
+	bf16 := map[string]bool{}
+	for _, m := range b.p.Quant.NotConverted {
+		bf16[m] = true
+	}
+	warned := map[string]bool{}
+	for _, m := range b.p.Quant.NotConverted {
+		k := strings.LastIndex(m, ".")
+		if k < 0 {
+			continue
+		}
+		parent, leafName := m[:k], m[k+1:]
+		for _, g := range fusedGroups {
+			id := parent + "." + strings.Join(g, "+")
+			if !slices.Contains(g, leafName) || warned[id] {
+				continue
+			}
+			for _, other := range g {
+				bt, ok := b.base.byName[parent+"."+other+".weight"]
+				if ok && isFP8(bt.Ref.DType) && !bf16[parent+"."+other] {
+					warned[id] = true
+					b.warn(m, "is written in BF16 but %s.%s stays FP8: vLLM fuses %s into one layer and refuses mixed precision "+
+						"in it; Transformers loads it (or use --quantized bf16, or train the adapter on all of them)",
+						parent, other, strings.Join(g, ", "))
+					break
+				}
+			}
+		}
+	}
+}
+
+// notConvert lists the modules mixed mode writes in BF16 in quantization_config, under
+// both names loaders read: modules_to_not_convert (Transformers' FP8 quantizer; vLLM's
+// Fp8Config when ignored_layers is empty) and ignored_layers (vLLM's Fp8Config).
+func (b *builder) notConvert() {
+	q, _ := b.conf["quantization_config"].(map[string]any)
+	if q == nil {
+		return
+	}
+	for _, key := range []string{"modules_to_not_convert", "ignored_layers"} {
+		old := q[key]
+		var list []any
+		if prev, ok := old.([]any); ok {
+			list = append(list, prev...)
+		}
+		for _, m := range b.p.Quant.NotConverted {
+			if !slices.Contains(list, any(m)) {
+				list = append(list, m)
+			}
+		}
+		q[key] = list
+		b.p.ConfigEdits = append(b.p.ConfigEdits, ConfigEdit{Key: "quantization_config." + key, Old: old, New: list})
 	}
 }

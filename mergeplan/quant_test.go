@@ -151,11 +151,6 @@ func TestQuantizedRefusals(t *testing.T) {
 	m.Split(2)
 	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
 		"model.norm.weight_scale_inv", "not an F8_E4M3 weight")
-	// Modes not built yet, and nonsense.
-	for _, mode := range []mergeplan.QuantMode{mergeplan.QuantMixed} {
-		expectProblem(t, mergeplan.Build(fp8Input(t, fp8Small(safetensors.F32), mergeplan.Options{Quantized: mode})),
-			"--quantized", string(mode), "not built yet")
-	}
 	expectProblem(t, mergeplan.Build(fp8Input(t, fp8Small(safetensors.F32), mergeplan.Options{Quantized: "fp4"})),
 		"--quantized", `"fp4"`, "bf16, keep or mixed")
 }
@@ -218,4 +213,53 @@ func TestBlockFP8KeepPlan(t *testing.T) {
 	a.Add(fixture.Key("model.layers.0.self_attn.q_proj", "lora_magnitude_vector"), safetensors.F32, 1, fixture.NewRand(3), 32)
 	expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantKeep})),
 		"model.layers.0.self_attn.q_proj.weight", "DoRA", "--quantized bf16")
+}
+
+// TestBlockFP8MixedPlan: mixed writes the touched weights in BF16 without their
+// scales, copies the rest, names exactly the touched modules in modules_to_not_convert
+// and ignored_layers, and warns where vLLM's fused layers would mix precisions.
+func TestBlockFP8MixedPlan(t *testing.T) {
+	m := fp8Small(safetensors.F32)
+	p := mergeplan.Build(fp8Input(t, m, mergeplan.Options{Quantized: mergeplan.QuantMixed}))
+	if !p.OK() {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+	var q map[string]any
+	var conf map[string]any
+	if err := json.Unmarshal(p.Config, &conf); err != nil {
+		t.Fatal(err)
+	}
+	q, _ = conf["quantization_config"].(map[string]any)
+	want := `["model.layers.0.self_attn.q_proj","model.layers.1.mlp.down_proj"]`
+	for _, key := range []string{"modules_to_not_convert", "ignored_layers"} {
+		got, _ := json.Marshal(q[key])
+		if string(got) != want {
+			t.Errorf("quantization_config.%s = %s, want %s", key, got, want)
+		}
+	}
+	for _, s := range p.Shards {
+		for _, x := range s.Tensors {
+			switch x.Name {
+			case "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight":
+				if x.DType != safetensors.BF16 || x.Dequant == nil {
+					t.Errorf("%s planned as %s", x.Name, x.DType)
+				}
+			case "model.layers.0.self_attn.q_proj.weight_scale_inv", "model.layers.1.mlp.down_proj.weight_scale_inv":
+				t.Errorf("%s is in the output", x.Name)
+			default:
+				if !x.Copy() {
+					t.Errorf("untouched %s is not a copy", x.Name)
+				}
+			}
+		}
+	}
+	found := false
+	for _, w := range p.Warnings {
+		if strings.Contains(w.String(), "vLLM fuses q_proj, k_proj, v_proj") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no warning about vLLM's fused qkv: %v", p.Warnings)
+	}
 }

@@ -25,7 +25,7 @@ func commonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "local-dir", Usage: "read and keep the Hub base in `DIR` laid out as hf download --local-dir does, instead of the HF cache"},
 		&cli.BoolFlag{Name: "keep-base", Usage: "keep the base's files this run downloads (default: stream them and keep nothing)"},
 		&cli.StringFlag{Name: "dtype", Value: "keep", Usage: "output dtype of float tensors: keep, bf16, fp16 or fp32"},
-		&cli.StringFlag{Name: "quantized", Value: "bf16", Usage: "for a quantized (block-FP8) base: bf16 writes every weight dequantized exactly in BF16"},
+		&cli.StringFlag{Name: "quantized", Value: "bf16", Usage: "for a quantized (block-FP8) base: bf16 (every weight dequantized exactly, in BF16), keep (touched weights requantized in the base's format) or mixed (touched weights in BF16, the rest as they are)"},
 		&cli.StringFlag{Name: "tied-embeddings", Value: "untie", Usage: "when the adapter changes one side of tied embeddings: untie (the merged model computes what base + adapter did) or fold (add into the shared tensor, as PEFT does)"},
 		&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "cores to merge with"},
 		&cli.StringFlag{Name: "progress", Value: "auto", Usage: "auto, bar, plain or none (HF_HUB_DISABLE_PROGRESS_BARS=1 turns bars off)"},
