@@ -135,6 +135,22 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			sh.tensors = append(sh.tensors, m)
 		}
 	}
+	// A requantized weight's scales, when in the same shard, come from the weight's own
+	// first pass rather than one of their own.
+	weights := map[string]*tensor{}
+	for _, t := range sh.tensors {
+		if t.t.Requant != nil {
+			weights[t.t.Name] = t
+		}
+	}
+	for _, t := range sh.tensors {
+		if t.t.ScaleOf == nil {
+			continue
+		}
+		if w, ok := weights[t.t.ScaleOf.Name]; ok {
+			t.of = w
+		}
+	}
 	sh.ahead = newReadAhead(sh, opts.CacheBytes)
 	return sh, nil
 }
