@@ -8,7 +8,7 @@ import (
 // prepareDequant checks a block-quantized source's geometry, lines the row blocks up
 // with the scale blocks (a row block is a whole number of scale rows, or, where rows
 // are so wide that one scale row is more than a block, a divisor of one, so that memory
-// stays bounded), and arranges for the scales to be read once, when first
+// stays bounded; alignment only saves work, it is not needed for the values), and arranges for the scales to be read once, when first
 // needed: they are small, ⌈rows/b⌉·⌈cols/b⌉ values.
 func (m *tensor) prepareDequant() error {
 	q := m.t.Dequant
@@ -26,8 +26,13 @@ func (m *tensor) prepareDequant() error {
 	if b := int(q.BlockRows); m.blockRows >= b {
 		m.blockRows -= m.blockRows % b
 	} else {
-		for b%m.blockRows != 0 {
-			m.blockRows--
+		// A divisor of b not below half the block, if there is one (a per-tensor
+		// scale's b is every row, which may have no useful divisor: then any).
+		for d := m.blockRows; d >= max(1, m.blockRows/2); d-- {
+			if b%d == 0 {
+				m.blockRows = d
+				break
+			}
 		}
 	}
 	ref := q.Scale

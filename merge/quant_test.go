@@ -422,3 +422,101 @@ func TestBlockFP8Mixed(t *testing.T) {
 		t.Errorf("modules_to_not_convert %v, ignored_layers %v; want exactly %v", conf.Q.NotConvert, conf.Q.Ignored, names)
 	}
 }
+
+// TestCompressedFP8: compressed-tensors FP8, per channel and per tensor, in each mode:
+// bf16 and mixed exact to one rounding, keep the nearest-even point of the exact value
+// over its scale, untouched tensors byte-identical where the mode keeps them.
+func TestCompressedFP8(t *testing.T) {
+	for _, strategy := range []string{"channel", "tensor"} {
+		for _, mode := range []mergeplan.QuantMode{mergeplan.QuantBF16, mergeplan.QuantKeep, mergeplan.QuantMixed} {
+			t.Run(strategy+"/"+string(mode), func(t *testing.T) {
+				m := fixture.Llama(fixture.LlamaSpec{Hidden: 192, Intermediate: 320, Layers: 2, Vocab: 96, DType: safetensors.BF16, Seed: 31})
+				m.CompressedFP8(strategy, safetensors.BF16, 32)
+				m.Split(2)
+				a := fp8Adapter(m, 33)
+				res := run(t, m, a, mergeplan.Options{Quantized: mode})
+				touched := map[string]bool{}
+				var tl tally
+				for l := 0; l < 2; l++ {
+					for _, p := range fp8Targets {
+						mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+						name := mod + ".weight"
+						touched[name], touched[name+"_scale"], touched[mod+".input_scale"] = true, true, true
+						w, s := m.Tensor(name), m.Tensor(name+"_scale")
+						rows, cols := int(w.Shape[0]), int(w.Shape[1])
+						W := make([]float64, len(w.Values))
+						for i, q := range w.Values {
+							sc := s.Values[0]
+							if strategy == "channel" {
+								sc = s.Values[i/cols]
+							}
+							W[i] = q * sc
+						}
+						A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+						d := []refDelta{linearDelta(2, 8, A, B)}
+						if mode != mergeplan.QuantKeep {
+							checkTensor(&tl, safetensors.BF16, res.tensor(t, name).Values, W, rows, cols, d)
+							continue
+						}
+						exact := exactValues(W, rows, cols, d)
+						scale := res.tensor(t, name+"_scale")
+						for i, x := range exact {
+							sc := scale.Values[0]
+							if strategy == "channel" {
+								sc = scale.Values[i/cols]
+							}
+							want, ok := e4m3Nearest(x, sc)
+							if !ok || res.raw[name][i] != want {
+								t.Fatalf("%s[%d]: code %#02x, want %#02x (saturates: %v)", name, i, res.raw[name][i], want, !ok)
+							}
+						}
+						if _, ok := res.tensors[mod+".input_scale"]; !ok {
+							t.Errorf("keep drops %s.input_scale", mod)
+						}
+					}
+				}
+				if mode != mergeplan.QuantKeep {
+					tl.assert(t, "compressed-tensors "+strategy, safetensors.BF16, false)
+				}
+				for _, bt := range m.Tensors {
+					_, kept := res.tensors[bt.Name]
+					quantized := bt.DType == safetensors.F8E4M3 || strings.HasSuffix(bt.Name, "_scale")
+					switch {
+					case touched[bt.Name]:
+					case mode == mergeplan.QuantBF16 && quantized:
+						if kept && bt.DType != safetensors.F8E4M3 {
+							t.Errorf("bf16 keeps %s", bt.Name)
+						}
+					case !kept:
+						t.Errorf("%s is missing from the output", bt.Name)
+					case !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)):
+						t.Errorf("%s is untouched but its bytes changed", bt.Name)
+					}
+				}
+				var conf struct {
+					Q *struct {
+						Ignore []string `json:"ignore"`
+					} `json:"quantization_config"`
+				}
+				if err := json.Unmarshal(res.plan.Config, &conf); err != nil && res.plan.Config != nil {
+					t.Fatal(err)
+				}
+				switch mode {
+				case mergeplan.QuantBF16:
+					if conf.Q != nil {
+						t.Error("bf16 keeps quantization_config")
+					}
+					for name := range res.tensors {
+						if strings.HasSuffix(name, "_scale") {
+							t.Errorf("bf16 keeps %s", name)
+						}
+					}
+				case mergeplan.QuantMixed:
+					if conf.Q == nil || len(conf.Q.Ignore) != 1+len(fp8Targets)*2 || conf.Q.Ignore[0] != "lm_head" {
+						t.Errorf("mixed: quantization_config.ignore is %+v", conf.Q)
+					}
+				}
+			})
+		}
+	}
+}

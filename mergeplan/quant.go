@@ -1,6 +1,7 @@
 package mergeplan
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -22,8 +23,17 @@ const (
 	QuantMixed QuantMode = "mixed"
 )
 
-// ScaleSuffix names the block scale of a block-FP8 weight: <weight>_scale_inv.
-const ScaleSuffix = "_scale_inv"
+// ScaleSuffix names the block scale of a block-FP8 weight: <weight>_scale_inv;
+// CompressedScaleSuffix the scale of a compressed-tensors FP8 weight: <weight>_scale.
+const (
+	ScaleSuffix           = "_scale_inv"
+	CompressedScaleSuffix = "_scale"
+)
+
+// activationScales are the compressed-tensors tensors of a quantized module that are not
+// about its weight (static activation and KV-cache scales): a BF16 output has no use
+// for them; keep and mixed leave them alone except on modules written in BF16.
+var activationScales = []string{".input_scale", ".output_scale", ".k_scale", ".v_scale"}
 
 // Dequant says how a quantized source tensor becomes real values: element (i, j) is
 // the decoded code times Scale[i / BlockRows, j / BlockCols].
@@ -71,9 +81,13 @@ type Scale struct {
 // quantConfig is the part of quantization_config a block-FP8 base is read by.
 type quantConfig struct {
 	method   string
-	block    [2]int64
+	block    [2]int64 // block FP8; zero for compressed-tensors
 	scaleFmt string
+	suffix   string // the scale's name after the weight's
+	strategy string // compressed-tensors: "channel", "tensor", or "" to go by the scale's shape
 }
+
+func (q *quantConfig) compressed() bool { return q.method == "compressed-tensors" }
 
 // refusedMethods are quantization formats hfmerge does not decode, with what to do.
 var refusedMethods = map[string]string{
@@ -107,8 +121,14 @@ func (b *builder) readQuant(q any) {
 				return
 			}
 		}
-		b.problem(subject, "is compressed-tensors (formats %s): hfmerge does not merge into compressed-tensors bases yet; "+
-			"dequantize the base to BF16 first (or use the original BF16 model)", strings.Join(formats, ", "))
+		for _, f := range formats {
+			if f != "float-quantized" {
+				b.problem(subject, "is compressed-tensors %q: hfmerge reads its float-quantized (FP8) format only; "+
+					"use the original BF16 model as the base", f)
+				return
+			}
+		}
+		b.readCompressed(m)
 		return
 	case "mxfp4":
 		b.problem(subject, "is MXFP4 (gpt-oss): hfmerge does not merge into MXFP4 bases yet; use the BF16 release of the model")
@@ -117,7 +137,7 @@ func (b *builder) readQuant(q any) {
 		b.problem(subject, "quant_method is %q, a format hfmerge does not decode; use the original (unquantized) model as the base", method)
 		return
 	}
-	qc := &quantConfig{method: method}
+	qc := &quantConfig{method: method, suffix: ScaleSuffix}
 	if f, ok := m["fmt"].(string); ok && f != "e4m3" {
 		b.problem(subject+": fmt", "is %q; block-FP8 bases are read in e4m3 only", f)
 		return
@@ -185,11 +205,19 @@ func (b *builder) dequantize() {
 	for _, name := range sortedKeys(b.base.byName) {
 		bt := b.base.byName[name]
 		ref := bt.Ref
-		if weight, ok := strings.CutSuffix(name, ScaleSuffix); ok {
+		if weight, ok := strings.CutSuffix(name, q.suffix); ok && strings.HasSuffix(weight, "weight") {
 			if w, has := b.base.byName[weight]; !has || !isFP8(w.Ref.DType) {
-				b.problem(ref.File+": "+name, "is a block scale, but %s is not an F8_E4M3 weight of the base", weight)
+				b.problem(ref.File+": "+name, "is a weight scale, but %s is not an F8_E4M3 weight of the base", weight)
 			}
 			b.dropped[name] = true
+			continue
+		}
+		if _, ok := isActivationScale(name); ok && q.compressed() {
+			b.dropped[name] = true // kept again by settleQuant where the module stays quantized
+			continue
+		}
+		if strings.HasSuffix(name, ".weight_zero_point") && q.compressed() {
+			b.problem(ref.File+": "+name, "is a zero point; hfmerge reads symmetric FP8 weights only")
 			continue
 		}
 		if !isFP8(ref.DType) {
@@ -200,9 +228,9 @@ func (b *builder) dequantize() {
 			b.problem(subject, "is %s; block-FP8 (quant_method fp8) weights are F8_E4M3", ref.DType)
 			continue
 		}
-		st, ok := b.base.byName[name+ScaleSuffix]
+		st, ok := b.base.byName[name+q.suffix]
 		if !ok {
-			b.problem(subject, "is an F8_E4M3 weight without its block scale %s%s in any shard; the base is incomplete", name, ScaleSuffix)
+			b.problem(subject, "is an F8_E4M3 weight without its scale %s%s in any shard; the base is incomplete", name, q.suffix)
 			continue
 		}
 		sref := st.Ref
@@ -214,8 +242,12 @@ func (b *builder) dequantize() {
 			b.problem(sref.File+": "+sref.Name, "is %s; a block scale is F32, BF16, F16 or F8_E8M0", sref.DType)
 			continue
 		}
-		want := []int64{ceilDiv(ref.Shape[0], q.block[0]), ceilDiv(ref.Shape[1], q.block[1])}
-		if !slices.Equal(sref.Shape, want) {
+		br, bc := q.block[0], q.block[1]
+		if q.compressed() {
+			if br, bc, ok = b.compressedGeometry(ref, sref); !ok {
+				continue
+			}
+		} else if want := []int64{ceilDiv(ref.Shape[0], br), ceilDiv(ref.Shape[1], bc)}; !slices.Equal(sref.Shape, want) {
 			b.problem(sref.File+": "+sref.Name, "has shape %s, but %s %s in blocks of %dx%d (quantization_config.weight_block_size) needs %s",
 				shapeString(sref.Shape), name, shapeString(ref.Shape), q.block[0], q.block[1], shapeString(want))
 			continue
@@ -225,8 +257,8 @@ func (b *builder) dequantize() {
 		}
 		t := b.out(name)
 		t.DType = safetensors.BF16
-		t.Dequant = &Dequant{Scale: sref, BlockRows: q.block[0], BlockCols: q.block[1]}
-		t.Reason = "dequantized from block FP8"
+		t.Dequant = &Dequant{Scale: sref, BlockRows: br, BlockCols: bc}
+		t.Reason = "dequantized from FP8"
 		b.p.Quant.Scales = append(b.p.Quant.Scales, Scale{Weight: name, Name: sref.Name, File: sref.File, WeightFile: ref.File,
 			DType: string(sref.DType), WeightDType: string(ref.DType), CrossShard: sref.File != ref.File})
 	}
@@ -284,8 +316,15 @@ func (b *builder) settleQuant() {
 		if !inBase || !isFP8(bt.Ref.DType) {
 			continue
 		}
-		scale := name + ScaleSuffix
+		scale := name + b.quant.suffix
+		module := strings.TrimSuffix(name, ".weight")
 		touched := len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
+		if !touched || mode == QuantKeep {
+			// The module stays quantized: its activation scales stay too.
+			for _, s := range activationScales {
+				delete(b.dropped, module+s)
+			}
+		}
 		if !touched {
 			t.DType, t.Dequant, t.Reason = bt.Ref.DType, nil, ""
 			delete(b.dropped, scale)
@@ -312,7 +351,7 @@ func (b *builder) settleQuant() {
 			b.p.Quant.Requantized = append(b.p.Quant.Requantized, name)
 		case QuantMixed:
 			t.Reason = "merged, written in BF16 (modules_to_not_convert)"
-			b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, strings.TrimSuffix(name, ".weight"))
+			b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, module)
 		}
 	}
 	if mode == QuantMixed {
@@ -372,7 +411,11 @@ func (b *builder) notConvert() {
 	if q == nil {
 		return
 	}
-	for _, key := range []string{"modules_to_not_convert", "ignored_layers"} {
+	keys := []string{"modules_to_not_convert", "ignored_layers"}
+	if b.quant.compressed() {
+		keys = []string{"ignore"} // compressed-tensors' list of modules left unquantized
+	}
+	for _, key := range keys {
 		old := q[key]
 		var list []any
 		if prev, ok := old.([]any); ok {
@@ -386,4 +429,78 @@ func (b *builder) notConvert() {
 		q[key] = list
 		b.p.ConfigEdits = append(b.p.ConfigEdits, ConfigEdit{Key: "quantization_config." + key, Old: old, New: list})
 	}
+}
+
+// readCompressed reads a compressed-tensors float-quantized config: every config group's
+// weights must be 8-bit symmetric floats per tensor or per channel.
+func (b *builder) readCompressed(m map[string]any) {
+	subject := "config.json: quantization_config"
+	qc := &quantConfig{method: "compressed-tensors", suffix: CompressedScaleSuffix}
+	groups, _ := m["config_groups"].(map[string]any)
+	for _, k := range sortedKeys(groups) {
+		g, _ := groups[k].(map[string]any)
+		w, _ := g["weights"].(map[string]any)
+		if w == nil {
+			continue
+		}
+		gs := fmt.Sprintf("%s: config_groups.%s.weights", subject, k)
+		if t, _ := w["type"].(string); t != "float" {
+			b.problem(gs, "has type %q; hfmerge reads FP8 (type float) weights of compressed-tensors", t)
+			return
+		}
+		if n, ok := jsonInt(w["num_bits"]); !ok || n != 8 {
+			b.problem(gs, "has num_bits %v; hfmerge reads 8-bit float weights", w["num_bits"])
+			return
+		}
+		if sym, ok := w["symmetric"].(bool); ok && !sym {
+			b.problem(gs, "is asymmetric (a zero point); hfmerge reads symmetric FP8 weights only")
+			return
+		}
+		switch s, _ := w["strategy"].(string); s {
+		case "channel", "tensor":
+			if qc.strategy != "" && qc.strategy != s {
+				qc.strategy = "mixed"
+			} else {
+				qc.strategy = s
+			}
+		default:
+			b.problem(gs, "has strategy %q; hfmerge reads per-tensor and per-channel FP8 weights (block and group are not built yet)", s)
+			return
+		}
+	}
+	if qc.strategy == "mixed" {
+		qc.strategy = "" // each weight's scale shape says which
+	}
+	b.quant = qc
+}
+
+// compressedGeometry is the block a compressed-tensors scale of this shape covers: a
+// whole row per channel ([out, 1]), the whole weight per tensor ([1] or a scalar).
+func (b *builder) compressedGeometry(ref, sref Ref) (rows, cols int64, ok bool) {
+	out, in := ref.Shape[0], ref.Shape[1]
+	channel := slices.Equal(sref.Shape, []int64{out, 1})
+	tensor := len(sref.Shape) == 0 || slices.Equal(sref.Shape, []int64{1})
+	switch s := b.quant.strategy; {
+	case channel && s != "tensor":
+		return 1, in, true
+	case tensor && s != "channel":
+		return out, in, true
+	}
+	want := "(" + fmt.Sprint(out) + ", 1) per channel or (1) per tensor"
+	if b.quant.strategy != "" {
+		want = map[string]string{"channel": fmt.Sprintf("(%d, 1) per channel", out), "tensor": "(1) per tensor"}[b.quant.strategy]
+	}
+	b.problem(sref.File+": "+sref.Name, "has shape %s; %s %s needs %s", shapeString(sref.Shape), ref.Name, shapeString(ref.Shape), want)
+	return 0, 0, false
+}
+
+// isActivationScale reports whether a compressed-tensors tensor is an activation or
+// KV-cache scale, and of which module.
+func isActivationScale(name string) (module string, ok bool) {
+	for _, s := range activationScales {
+		if m, ok := strings.CutSuffix(name, s); ok {
+			return m, true
+		}
+	}
+	return "", false
 }

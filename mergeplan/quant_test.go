@@ -116,6 +116,14 @@ func TestQuantizedRefusals(t *testing.T) {
 	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors",
 		"config_groups": map[string]any{"group_0": map[string]any{"format": "pack-quantized"}}})),
 		"quantization_config", "pack-quantized")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "int-quantized"})),
+		"quantization_config", "int-quantized", "float-quantized (FP8) format only")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "float-quantized",
+		"config_groups": map[string]any{"g": map[string]any{"weights": map[string]any{"type": "float", "num_bits": 8, "strategy": "block"}}}})),
+		"config_groups.g.weights", `strategy "block"`, "not built yet")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "float-quantized",
+		"config_groups": map[string]any{"g": map[string]any{"weights": map[string]any{"type": "int", "num_bits": 8, "strategy": "channel"}}}})),
+		"config_groups.g.weights", `type "int"`)
 	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "hqq"})),
 		"quantization_config", `"hqq"`, "does not decode")
 	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "fp8", "fmt": "e4m3"})),
@@ -128,7 +136,7 @@ func TestQuantizedRefusals(t *testing.T) {
 	m.Tensors = removeTensor(m.Tensors, "model.layers.1.mlp.up_proj.weight_scale_inv")
 	m.Split(2)
 	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
-		"model.layers.1.mlp.up_proj.weight", "without its block scale model.layers.1.mlp.up_proj.weight_scale_inv")
+		"model.layers.1.mlp.up_proj.weight", "without its scale model.layers.1.mlp.up_proj.weight_scale_inv")
 	// A scale of the wrong shape.
 	m = fp8Small(safetensors.BF16)
 	m.Tensor("model.layers.0.self_attn.k_proj.weight_scale_inv").Shape = []int64{3, 2}
@@ -262,4 +270,19 @@ func TestBlockFP8MixedPlan(t *testing.T) {
 	if !found {
 		t.Errorf("no warning about vLLM's fused qkv: %v", p.Warnings)
 	}
+}
+
+func TestCompressedFP8Refusals(t *testing.T) {
+	m := small(false)
+	m.CompressedFP8("channel", safetensors.BF16, 3)
+	m.Tensor("model.layers.0.self_attn.o_proj.weight_scale").Shape = []int64{1, 32}
+	m.Split(2)
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.0.self_attn.o_proj.weight_scale", "has shape (1, 32)", "needs (32, 1) per channel")
+	m = small(false)
+	m.CompressedFP8("tensor", safetensors.F32, 3)
+	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.layers.0.mlp.up_proj.weight_zero_point", DType: safetensors.F32, Shape: []int64{1}})
+	m.Split(1)
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.0.mlp.up_proj.weight_zero_point", "symmetric FP8 weights only")
 }
