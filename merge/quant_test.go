@@ -520,3 +520,45 @@ func TestCompressedFP8(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockFP8Experts: expert LoRA (target_parameters on the fused view Transformers
+// v5 loads) merged into a DeepSeek-style base whose experts are per-expert block-FP8
+// weights, in bf16 mode: each expert's rows exact to one rounding of dequant(W) + Δ_e.
+func TestBlockFP8Experts(t *testing.T) {
+	block := [2]int64{16, 16}
+	m := fixture.MoE(fixture.MoESpec{Hidden: moeHidden, Intermediate: moeInter, Experts: moeExperts, Layers: 2, Vocab: 64,
+		Layout: fixture.PerExpert, DType: safetensors.BF16, Seed: 41})
+	m.BlockFP8(block, safetensors.F8E8M0, 42)
+	m.Split(3)
+	a, refs := gateUpDown(2, "0.20.0", false, moeHidden, moeInter, safetensors.F32, 43)
+	res := run(t, m, a, mergeplan.Options{})
+	var tl tally
+	n := 0
+	for l, ref := range refs {
+		p := fmt.Sprintf("model.layers.%d.mlp.experts.", l)
+		for e := 0; e < moeExperts; e++ {
+			for _, c := range []struct {
+				name string
+				d    refDelta
+				rows int
+			}{
+				{fmt.Sprintf("%d.gate_proj", e), ref[0].delta(e), moeInter},
+				{fmt.Sprintf("%d.up_proj", e), rowsOf(ref[0].delta(e), moeInter), moeInter},
+				{fmt.Sprintf("%d.down_proj", e), ref[1].delta(e), moeHidden},
+			} {
+				name := p + c.name + ".weight"
+				if m.Tensor(name).DType != safetensors.F8E4M3 {
+					t.Fatalf("%s is not FP8 in the base", name)
+				}
+				got := res.tensor(t, name)
+				W := dequantRef(m, name, block, rightBlock)
+				checkTensor(&tl, safetensors.BF16, got.Values, W, c.rows, len(W)/c.rows, []refDelta{c.d})
+				n++
+			}
+		}
+	}
+	if n != 2*moeExperts*3 {
+		t.Fatalf("checked %d expert weights", n)
+	}
+	tl.assert(t, "block-FP8 experts", safetensors.BF16, false)
+}
