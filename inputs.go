@@ -163,6 +163,12 @@ func baseFiles(s *mergeplan.Shard) []string {
 		for _, p := range t.Patches {
 			refs = append(refs, p.Values)
 		}
+		if t.Dequant != nil {
+			refs = append(refs, t.Dequant.Scale) // possibly in another shard
+		}
+		if w := t.ScaleOf; w != nil {
+			refs = append(refs, w.Source, w.Dequant.Scale) // the weight the scales are chosen for
+		}
 		for _, r := range refs {
 			if r.File == "" || r.Adapter() || seen[r.File] {
 				continue

@@ -222,6 +222,7 @@ func (w *dirWriter) shard(ctx context.Context, s *mergeplan.Shard) error {
 		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	w.flush(f, s.Name)
+	logRequantized(w.o.Log, v.Requantized())
 	w.o.Progress.emit(Event{Type: ShardDone, Stage: StageMerge, Shard: s.Name, Bytes: s.Size(), Note: "merged", Elapsed: time.Since(start)})
 	return nil
 }
@@ -272,4 +273,21 @@ func (w *dirWriter) publish(ctx context.Context) error {
 		d.Close()
 	}
 	return nil
+}
+
+// logRequantized tells how much of the delta survived each requantized tensor
+// (--quantized keep): with FP8's three mantissa bits a LoRA delta can vanish, and the
+// user must see that before publishing.
+func logRequantized(log *slog.Logger, stats []merge.RequantStats) {
+	if log == nil {
+		return
+	}
+	for _, r := range stats {
+		level, msg := slog.LevelInfo, "requantized"
+		if r.DeltaError() > 0.5 {
+			level, msg = slog.LevelWarn, "requantized: most of the adapter's change to this tensor was lost to the FP8 grid; consider --quantized bf16 or mixed"
+		}
+		log.Log(context.Background(), level, msg, "tensor", r.Tensor, "elements", r.Elements, "changed", r.Changed,
+			"changed_share", float64(r.Changed)/float64(max(r.Elements, 1)), "delta_error", r.DeltaError())
+	}
 }

@@ -153,6 +153,11 @@ func newProvenance(l *Inputs, opts mergeplan.Options) (*Provenance, error) {
 	if len(p.Adapters) == 1 && p.Adapters[0].Weight == 1 {
 		p.Adapters = nil // one adapter as it is: the file reads as it always did
 	}
+	if opts.Quantized != "" && opts.Quantized != mergeplan.QuantBF16 {
+		// Only a mode other than the default changes a quantized base's output; the
+		// default leaves every identity made before the option existed as it was.
+		p.Options["quantized"] = string(opts.Quantized)
+	}
 	b, _ := json.Marshal([]any{p.Tool, p.Base, p.Adapter, p.Adapters, p.Options})
 	sum := sha256.Sum256(b)
 	p.Inputs = hex.EncodeToString(sum[:])

@@ -8,17 +8,18 @@ import (
 // Report is what a plan says to a person or a program: every shard and tensor that
 // changes and why, config edits, problems, warnings and what the merge will need.
 type Report struct {
-	Base       string                 `json:"base"`
-	Adapter    string                 `json:"adapter"`
-	Config     *AdapterSummary        `json:"adapter_config,omitempty"`
-	Shards     []ShardReport          `json:"shards"`
-	Modules    []mergeplan.Module     `json:"modules"`
-	Edits      []mergeplan.ConfigEdit `json:"config_edits"`
-	Problems   []string               `json:"problems"`
-	Warnings   []string               `json:"warnings"`
-	Estimate   Estimate               `json:"estimate"`
-	TotalBytes int64                  `json:"output_bytes"`
-	Target     *PushPreview           `json:"push_target,omitempty"` // plan --repo
+	Base       string                  `json:"base"`
+	Adapter    string                  `json:"adapter"`
+	Config     *AdapterSummary         `json:"adapter_config,omitempty"`
+	Shards     []ShardReport           `json:"shards"`
+	Modules    []mergeplan.Module      `json:"modules"`
+	Edits      []mergeplan.ConfigEdit  `json:"config_edits"`
+	Quant      *mergeplan.Quantization `json:"quantization,omitempty"` // a quantized base: scales used, size per mode
+	Problems   []string                `json:"problems"`
+	Warnings   []string                `json:"warnings"`
+	Estimate   Estimate                `json:"estimate"`
+	TotalBytes int64                   `json:"output_bytes"`
+	Target     *PushPreview            `json:"push_target,omitempty"` // plan --repo
 }
 
 // AdapterSummary is the adapter's configuration in brief.
@@ -63,7 +64,7 @@ type Estimate struct {
 
 // Report describes a plan.
 func (l *Inputs) Report(p *mergeplan.Plan, jobs int) *Report {
-	r := &Report{Base: l.Base.String(), Adapter: l.adapterNames(), Modules: p.Modules, Edits: p.ConfigEdits,
+	r := &Report{Base: l.Base.String(), Adapter: l.adapterNames(), Modules: p.Modules, Edits: p.ConfigEdits, Quant: p.Quant,
 		Problems: []string{}, Warnings: []string{}, Shards: []ShardReport{}}
 	if a := p.Adapter; a != nil {
 		r.Config = &AdapterSummary{R: a.R, Alpha: a.Alpha, RSLoRA: a.UseRSLoRA, DoRA: a.UseDoRA, BaseModel: a.BaseModel}

@@ -32,12 +32,16 @@ func (r *Report) Print(w io.Writer) {
 			}
 		}
 	}
+	printQuant(w, r)
 	if len(r.Edits) > 0 {
 		fmt.Fprintln(w, "\nconfig.json:")
 		for _, e := range r.Edits {
 			old := e.Old
 			if old == nil {
 				old = "(absent)"
+			}
+			if _, ok := old.(map[string]any); ok {
+				old = "{...}"
 			}
 			fmt.Fprintf(w, "  %s: %v -> %v\n", e.Key, old, e.New)
 		}
@@ -67,4 +71,28 @@ func (r *Report) Print(w io.Writer) {
 	} else {
 		fmt.Fprintln(w, "\nno problems found")
 	}
+}
+
+// printQuant says what a quantized base's merge reads and what each --quantized mode
+// would write.
+func printQuant(w io.Writer, r *Report) {
+	q := r.Quant
+	if q == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nquantized base: %s, blocks %dx%d, %d scale tensors read; --quantized %s\n", q.Method, q.Block[0], q.Block[1], len(q.Scales), q.Mode)
+	for _, s := range q.Scales {
+		where := s.File
+		if s.CrossShard {
+			where += " (another shard than its weight's " + s.WeightFile + ")"
+		}
+		fmt.Fprintf(w, "  %-60s %s in %s\n", s.Name, s.DType, where)
+	}
+	fmt.Fprintf(w, "  output size: base %s;", human(q.BaseBytes))
+	for _, m := range []string{"bf16", "keep", "mixed"} {
+		if n, ok := q.Bytes[m]; ok {
+			fmt.Fprintf(w, " %s %s", m, human(n))
+		}
+	}
+	fmt.Fprintln(w)
 }

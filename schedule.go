@@ -220,6 +220,7 @@ func (sch *schedule) hash(ctx context.Context, s *mergeplan.Shard) (string, erro
 	if _, err := v.Write(ctx, h, sch.ps.o.Progress.advance(StageHash)); err != nil {
 		return "", fmt.Errorf("%s: %w", s.Name, err)
 	}
+	logRequantized(sch.ps.o.Log, v.Requantized()) // the hash pass computes every block once
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 

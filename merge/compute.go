@@ -116,6 +116,16 @@ func transpose(x []float64, rows, cols int) []float64 {
 // boundary, the element is recomputed in double-double. So every element is the
 // correctly rounded value of the exact result, whatever the kernel's summation order.
 func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
+	if m.of != nil {
+		return m.scaleBlock(r0, r1, dst)
+	}
+	if m.t.Requant != nil {
+		v, w, e, err := m.values(r0, r1, acc)
+		if err != nil {
+			return err
+		}
+		return m.requantBlock(r0, r1, v, w, e, dst)
+	}
 	raw, err := m.source(r0, r1, acc)
 	if err != nil {
 		return err
@@ -133,6 +143,9 @@ func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 		return m.doraPut(r0, r1, v, raw, dst, acc)
 	}
 	m.dec(v, raw)
+	if err := m.dequant(r0, r1, v); err != nil {
+		return err
+	}
 	if err := m.patchRows(r0, r1, v); err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ import (
 // it takes a first delta that is low rank, and no trained rows (which replace W first).
 func (m *tensor) doraKernel() func(*fusedArgs) {
 	t := m.t
-	if m.kern.value == nil || t.DoRA == nil || len(t.Patches) > 0 || len(t.Deltas) == 0 ||
+	if m.kern.value == nil || t.DoRA == nil || t.Dequant != nil || len(t.Patches) > 0 || len(t.Deltas) == 0 ||
 		t.Deltas[0].Vector || t.Deltas[0].Rank < 1 || m.cols < 8 {
 		return nil
 	}
@@ -37,6 +37,9 @@ func (m *tensor) doraValues(r0, r1 int, raw []byte, v []float64, acc *scratch) e
 	run := m.doraKernel()
 	if run == nil {
 		m.dec(v, raw)
+		if err := m.dequant(r0, r1, v); err != nil {
+			return err
+		}
 		if err := m.patchRows(r0, r1, v); err != nil {
 			return err
 		}

@@ -36,8 +36,8 @@ func segments(t *mergeplan.Tensor) ([]segment, error) {
 	cuts = slices.Compact(cuts)
 	cols := t.Cols()
 	isz, osz := int64(size(t.Source.DType)), int64(size(t.DType))
-	if isz == 0 || osz == 0 || len(t.Patches) > 0 || t.DoRA != nil {
-		return nil, fmt.Errorf("merge: %s: expert deltas need a float tensor without trained rows or DoRA", t.Name)
+	if isz == 0 || osz == 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Dequant != nil {
+		return nil, fmt.Errorf("merge: %s: expert deltas need a float tensor without trained rows, DoRA or block scales", t.Name)
 	}
 	var out []segment
 	for k := 0; k+1 < len(cuts); k++ {

@@ -79,6 +79,13 @@ func decoderFor(d safetensors.DType) decoder {
 			}
 		}
 	}
+	if tab, ok := safetensors.F8Table(d); ok {
+		return func(dst []float64, src []byte) {
+			for i := range dst {
+				dst[i] = tab[src[i]]
+			}
+		}
+	}
 	return nil
 }
 
@@ -184,6 +191,9 @@ func finite(d safetensors.DType, b []byte) bool {
 		return binary.LittleEndian.Uint16(b)&0x7c00 != 0x7c00
 	case safetensors.F32:
 		return binary.LittleEndian.Uint32(b)&0x7f800000 != 0x7f800000
+	case safetensors.F8E4M3, safetensors.F8E5M2, safetensors.F8E8M0:
+		v := safetensors.F8Value(d, b[0])
+		return !math.IsNaN(v) && !math.IsInf(v, 0)
 	}
 	return true
 }

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
 )
 
 // blockElems is the number of elements a row block aims for: large enough to amortise
@@ -76,6 +77,9 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 		}
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
+		}
+		if t.Dequant != nil {
+			f += t.Dequant.Scale.Rows() * t.Dequant.Scale.Cols() * 8
 		}
 		largest = max(largest, f)
 	}
@@ -139,6 +143,22 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			sh.tensors = append(sh.tensors, m)
 		}
 	}
+	// A requantized weight's scales, when in the same shard, come from the weight's own
+	// first pass rather than one of their own.
+	weights := map[string]*tensor{}
+	for _, t := range sh.tensors {
+		if t.t.Requant != nil {
+			weights[t.t.Name] = t
+		}
+	}
+	for _, t := range sh.tensors {
+		if t.t.ScaleOf == nil {
+			continue
+		}
+		if w, ok := weights[t.t.ScaleOf.Name]; ok {
+			t.of = w
+		}
+	}
 	sh.ahead = newReadAhead(sh, opts.CacheBytes)
 	return sh, nil
 }
@@ -155,6 +175,15 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 	}
 	if t.DoRA != nil {
 		refs = append(refs, t.DoRA.Magnitude)
+	}
+	if t.Dequant != nil {
+		refs = append(refs, t.Dequant.Scale)
+	}
+	if w := t.ScaleOf; w != nil {
+		refs = append(refs, w.Source, w.Dequant.Scale)
+		for _, d := range w.Deltas {
+			refs = append(refs, d.A, d.B)
+		}
 	}
 	for _, r := range refs {
 		if r.File != "" && in[r.File] == nil {
@@ -173,7 +202,7 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 	}
 	if !t.Copy() {
 		m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)
-		if m.dec == nil || m.out == nil {
+		if m.dec == nil || (m.out == nil && t.Requant == nil && t.ScaleOf == nil) {
 			return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
 		}
 		m.blockRows = max(1, blockElems/max(1, m.cols))
@@ -186,7 +215,29 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			m.colScale = m.columnScale(sh.jobs, sh.pool)
 		}
-		if lowRank(t.Deltas) && len(t.Patches) == 0 && t.DoRA == nil {
+		if t.Dequant != nil {
+			if err := m.prepareDequant(); err != nil {
+				return nil, err
+			}
+		}
+		if t.Requant != nil {
+			if t.Dequant == nil || len(t.Patches) > 0 || t.DoRA != nil || t.DType != safetensors.F8E4M3 {
+				return nil, fmt.Errorf("merge: %s: requantization needs a block-FP8 source merged with low-rank deltas only", t.Name)
+			}
+			m.prepareRequant(sh.jobs, sh.pool)
+		}
+		if w := t.ScaleOf; w != nil {
+			if w.Requant == nil {
+				return nil, fmt.Errorf("merge: %s: the scales of %s, which is not requantized", t.Name, w.Name)
+			}
+			of, err := sh.newTensor(w, 0, 0, in, factors, kern)
+			if err != nil {
+				return nil, err
+			}
+			m.of = of
+			m.blockRows = m.rows
+		}
+		if lowRank(t.Deltas) && len(t.Patches) == 0 && t.DoRA == nil && t.Dequant == nil && t.Requant == nil {
 			m.fused = true
 			// The fused kernels take rows 6 at a time, and the rest one by one,
 			// at a third of the speed.

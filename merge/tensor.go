@@ -3,6 +3,7 @@ package merge
 import (
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
@@ -23,6 +24,11 @@ type tensor struct {
 	kern       kernel
 	fused      bool                      // one low-rank delta and nothing else: fusedBlock
 	colScale   func() ([]float64, error) // DoRA per-column factors, computed once
+	scales     func() ([]float64, error) // a quantized source's block scales, read once
+	rqScales   func() ([]float64, error) // the scales a requantization chooses
+	rqMu       sync.Mutex
+	rqRows     []rqStat // what survived the requantization, row by row
+	of         *tensor  // for a scale tensor: the requantized weight it belongs to
 	blockRows  int
 }
 

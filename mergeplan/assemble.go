@@ -18,6 +18,9 @@ func (b *builder) assemble() {
 	for i, f := range in.Shards {
 		s := Shard{Name: f.Name, Base: f.Name, Metadata: f.Header.Metadata}
 		for _, bt := range f.Header.Tensors {
+			if b.dropped[bt.Name] {
+				continue
+			}
 			t, ok := b.outs[bt.Name]
 			if !ok {
 				t = b.out(bt.Name)
@@ -51,6 +54,7 @@ func (b *builder) assemble() {
 	if !b.p.OK() {
 		return
 	}
+	b.quantSizes()
 	b.writeIndex()
 	b.writeConfig()
 }
@@ -58,10 +62,10 @@ func (b *builder) assemble() {
 // finish settles a tensor's output dtype and checks that it can be computed.
 func (b *builder) finish(t *Tensor) Tensor {
 	out := *t
-	if target := b.in.Options.DType.dtype(); target != "" && out.DType.Float() {
+	if target := b.in.Options.DType.dtype(); target != "" && out.DType.Float() && !b.scaleNames[out.Name] {
 		out.DType = target
 	}
-	if !out.Copy() && (!out.Source.DType.Float() || !out.DType.Float()) {
+	if !out.Copy() && out.Requant == nil && out.ScaleOf == nil && ((!out.Source.DType.Float() && out.Dequant == nil) || !out.DType.Float()) {
 		b.problem(out.Name, "is %s and would need computing; hfmerge computes with BF16, F16 and F32 only", out.Source.DType)
 	}
 	if !out.Copy() && out.Reason == "" {
@@ -166,6 +170,20 @@ func (b *builder) writeConfig() {
 				set(text, "text_config.", k, name)
 			}
 		}
+	}
+	if b.quant != nil && b.in.Options.Quantized == QuantBF16 {
+		// The output is plain BF16: no loader may look for scales that are gone.
+		b.p.ConfigEdits = append(b.p.ConfigEdits, ConfigEdit{Key: "quantization_config", Old: b.conf["quantization_config"], New: nil})
+		delete(b.conf, "quantization_config")
+		name := b.in.Options.DType.torchName()
+		if name == "" {
+			name = "bfloat16"
+		}
+		set(b.conf, "", "dtype", name)
+		set(b.conf, "", "torch_dtype", name)
+	}
+	if b.quant != nil && b.in.Options.Quantized == QuantMixed && len(b.p.Quant.NotConverted) > 0 {
+		b.notConvert()
 	}
 	if len(b.p.ConfigEdits) == 0 {
 		return

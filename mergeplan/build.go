@@ -35,6 +35,11 @@ type builder struct {
 	// the readings the shapes decided elsewhere, with a parameter that showed each.
 	square   []squareExpert
 	evidence map[bool]string
+	quant    *quantConfig    // a block-FP8 base's quantization_config, nil if unquantized
+	dropped  map[string]bool // base tensors the output leaves out (block scales)
+	// The block scales of a quantized base kept in the output, whose dtype --dtype
+	// does not change.
+	scaleNames map[string]bool
 }
 
 // Build plans the merge. It never fails: everything wrong is in Plan.Problems, so one
@@ -44,9 +49,13 @@ func Build(in *Input) *Plan {
 		outs: map[string]*Tensor{}, notes: map[string]string{}}
 	b.options()
 	b.readBase()
+	if b.quant != nil && b.p.OK() {
+		b.dequantize()
+	}
 	b.readAdapter()
 	if b.cfg != nil && in.Adapter != nil && len(in.Shards) > 0 && b.p.OK() {
 		b.plan()
+		b.settleQuant()
 	}
 	if b.p.OK() {
 		b.assemble()
@@ -74,6 +83,14 @@ func (b *builder) options() {
 	}
 	if o.Tied == "" {
 		o.Tied = Untie
+	}
+	if o.Quantized == "" {
+		o.Quantized = QuantBF16
+	}
+	switch o.Quantized {
+	case QuantBF16, QuantKeep, QuantMixed:
+	default:
+		b.problem("--quantized", "is %q: want bf16, keep or mixed", o.Quantized)
 	}
 	switch o.DType {
 	case KeepDType, ToBF16, ToF16, ToF32:
@@ -104,8 +121,7 @@ func (b *builder) readBase() {
 		if err := decodeNumbers(in.Config, &b.conf); err != nil || b.conf == nil {
 			b.problem("config.json", "is not a JSON object: %v", err)
 		} else if q, ok := b.conf["quantization_config"]; ok && q != nil {
-			b.problem("config.json", "has a quantization_config: the base is quantized, and hfmerge merges into "+
-				"unquantized BF16, F16 or F32 weights only; use the original (unquantized) model as the base")
+			b.readQuant(q)
 		}
 	}
 	seen := map[string]string{}

@@ -148,6 +148,7 @@ func (b *builder) replace(k adapterKey) {
 	}
 	t.Source = ref
 	t.Shape = ref.Shape
+	t.Dequant = nil // the trained copy is real values
 	t.Reason = "replaced by the adapter's trained copy"
 	kind := "replace"
 	if strings.Contains(k.Key, "base_layer") {
@@ -315,7 +316,7 @@ func (b *builder) lora(m *module) {
 		}
 		return
 	}
-	if !t.Source.DType.Float() {
+	if !t.Source.DType.Float() && t.Dequant == nil {
 		b.problem(t.Name, "is %s: hfmerge merges into BF16, F16 and F32 weights; use the unquantized base model", t.Source.DType)
 		return
 	}

@@ -76,6 +76,8 @@ type Options struct {
 	// Experts settles square expert parameters whose reading the planner cannot
 	// decide; ExpertAuto refuses them instead.
 	Experts ExpertLayout
+	// Quantized is what a quantized base's merge writes; default QuantBF16.
+	Quantized QuantMode
 }
 
 // Plan is everything the merge will do.
@@ -87,7 +89,8 @@ type Plan struct {
 	Config      []byte // the new config.json, nil when it does not change
 	ConfigEdits []ConfigEdit
 	Modules     []Module
-	Problems    []Problem // errors: the merge must not run
+	Quant       *Quantization // nil unless the base is quantized
+	Problems    []Problem     // errors: the merge must not run
 	Warnings    []Problem
 }
 
@@ -168,13 +171,21 @@ type Tensor struct {
 	Patches []RowPatch // rows replaced by trained values (trainable tokens)
 	Deltas  []Delta    // low-rank updates, summed
 	DoRA    *DoRA      // weight-decomposed rescale, after the deltas
-	New     bool       // not in the base checkpoint (an untied head, a new module)
-	Reason  string     // why the tensor changes, for reports
+	Dequant *Dequant   // how a quantized Source becomes values, before everything else
+	// Requant writes the result quantized again (--quantized keep): DType is the
+	// base's FP8 dtype, each block's scale chosen from the result.
+	Requant *Requant
+	// ScaleOf makes this tensor the block scales the requantization of another output
+	// tensor chooses (its <weight>_scale_inv); Source is the base's scale.
+	ScaleOf *Tensor
+	New     bool   // not in the base checkpoint (an untied head, a new module)
+	Reason  string // why the tensor changes, for reports
 }
 
 // Copy reports whether the output bytes are the source bytes.
 func (t *Tensor) Copy() bool {
-	return len(t.Patches) == 0 && len(t.Deltas) == 0 && t.DoRA == nil && t.DType == t.Source.DType
+	return len(t.Patches) == 0 && len(t.Deltas) == 0 && t.DoRA == nil && t.DType == t.Source.DType &&
+		t.Requant == nil && t.ScaleOf == nil && t.Dequant == nil
 }
 
 // Rows and Cols view the output as a matrix, as Ref does.

@@ -326,7 +326,7 @@ func TestBaseChecks(t *testing.T) {
 	expectProblem(t, p, "model.safetensors.index.json", "does not list")
 	in = input(t, m, a, mergeplan.Options{})
 	in.Config = []byte(`{"model_type": "llama", "quantization_config": {"quant_method": "bitsandbytes"}}`)
-	expectProblem(t, mergeplan.Build(in), "config.json", "quantized")
+	expectProblem(t, mergeplan.Build(in), "config.json: quantization_config", "bitsandbytes", "original BF16 model")
 	in = input(t, m, a, mergeplan.Options{})
 	in.Index = nil
 	expectProblem(t, mergeplan.Build(in), "model.safetensors.index.json", "is missing")

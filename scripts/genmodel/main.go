@@ -25,6 +25,8 @@ func main() {
 	shard := flag.Int64("shard-mb", 450, "largest shard in MB (10⁶ bytes), as Transformers' max_shard_size")
 	rank := flag.Int("rank", 16, "LoRA rank")
 	seed := flag.Uint64("seed", 1, "random seed")
+	fp8 := flag.String("fp8", "", "quantize the projections to block FP8 with scales of this dtype (F32, BF16, F16 or F8_E8M0)")
+	block := flag.Int64("block", 128, "the block FP8 block size (both dimensions)")
 	adapterOnly := flag.Bool("adapter-only", false, "write only the adapter (the base is the same for every rank)")
 	targets := flag.String("targets", strings.Join(projections, ","), "modules the adapter trains: projections and embed_tokens, comma-separated")
 	dora := flag.Bool("dora", false, "a DoRA adapter: a magnitude vector on every target")
@@ -42,6 +44,9 @@ func main() {
 	}
 	m := fixture.Llama(fixture.LlamaSpec{Hidden: *hidden, Intermediate: *inter, Layers: *layers, Vocab: *vocab,
 		KV: *hidden / 4, DType: safetensors.BF16, Seed: *seed, Lazy: true})
+	if *fp8 != "" {
+		m.BlockFP8([2]int64{*block, *block}, safetensors.DType(*fp8), *seed+2)
+	}
 	var total int64
 	for _, t := range m.Tensors {
 		total += t.Bytes()

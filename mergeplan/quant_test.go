@@ -1,0 +1,288 @@
+package mergeplan_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/safetensors"
+)
+
+// fp8Small is a two-shard block-FP8 Llama (hidden 32, intermediate 64) with blocks of
+// 16×16, the first layer's q_proj scale moved to the other shard.
+func fp8Small(scale safetensors.DType) *fixture.Model {
+	m := small(false)
+	m.BlockFP8([2]int64{16, 16}, scale, 7)
+	m.Split(2)
+	m.MoveTensor("model.layers.0.self_attn.q_proj.weight_scale_inv", 1)
+	return m
+}
+
+func fp8Input(t *testing.T, m *fixture.Model, opts mergeplan.Options) *mergeplan.Input {
+	a := fixture.NewAdapter(4, 4)
+	lora(m, a, "model.layers.0.self_attn.q_proj", 4)
+	lora(m, a, "model.layers.1.mlp.down_proj", 4)
+	return input(t, m, a, opts)
+}
+
+func TestBlockFP8Plan(t *testing.T) {
+	m := fp8Small(safetensors.F8E8M0)
+	p := mergeplan.Build(fp8Input(t, m, mergeplan.Options{}))
+	if !p.OK() {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+	q := p.Quant
+	if q == nil || q.Method != "fp8" || q.Block != [2]int64{16, 16} || q.Mode != "bf16" {
+		t.Fatalf("quantization: %+v", q)
+	}
+	// Every projection of both layers has its scale listed, the moved one as cross-shard.
+	if len(q.Scales) != 14 {
+		t.Fatalf("%d scales listed, want 14: %+v", len(q.Scales), q.Scales)
+	}
+	cross := 0
+	for _, s := range q.Scales {
+		if s.Name != s.Weight+"_scale_inv" || s.DType != "F8_E8M0" {
+			t.Errorf("scale %+v", s)
+		}
+		if s.CrossShard {
+			cross++
+			if s.Weight != "model.layers.0.self_attn.q_proj.weight" || s.File == s.WeightFile {
+				t.Errorf("cross-shard scale %+v", s)
+			}
+		}
+	}
+	if cross != 1 {
+		t.Errorf("%d cross-shard scales, want 1", cross)
+	}
+	for _, s := range p.Shards {
+		for _, x := range s.Tensors {
+			if strings.HasSuffix(x.Name, "_scale_inv") {
+				t.Errorf("%s: scale %s is in the output", s.Name, x.Name)
+			}
+			if w := m.Tensor(x.Name); w.DType == safetensors.F8E4M3 {
+				if x.DType != safetensors.BF16 || x.Dequant == nil || x.Dequant.Scale.Name != x.Name+"_scale_inv" {
+					t.Errorf("%s: planned as %s with %+v", x.Name, x.DType, x.Dequant)
+				}
+			}
+		}
+	}
+	// Sizes: the base's FP8 bytes double in bf16 and the scales go; keep is the base;
+	// mixed doubles only the two touched weights.
+	var fp8, scales, base int64
+	for _, x := range m.Tensors {
+		n := x.Bytes()
+		base += n
+		switch {
+		case strings.HasSuffix(x.Name, "_scale_inv"):
+			scales += n
+		case x.DType == safetensors.F8E4M3:
+			fp8 += n
+		}
+	}
+	touched := int64(32*32) + int64(32*64)
+	touchedScales := int64(2*2) + int64(2*4)
+	if q.BaseBytes != base || q.Bytes["bf16"] != base+fp8-scales || q.Bytes["keep"] != base ||
+		q.Bytes["mixed"] != base+touched-touchedScales {
+		t.Errorf("sizes: base %d, per mode %v; want base %d, bf16 %d, keep %d, mixed %d",
+			q.BaseBytes, q.Bytes, base, base+fp8-scales, base, base+touched-touchedScales)
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(p.Config, &conf); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := conf["quantization_config"]; ok || conf["torch_dtype"] != "bfloat16" || conf["dtype"] != "bfloat16" {
+		t.Errorf("config: quantization_config kept or dtype wrong: %v", conf)
+	}
+}
+
+// TestQuantizedRefusals: every base hfmerge cannot merge exactly is refused by name,
+// with what to do instead.
+func TestQuantizedRefusals(t *testing.T) {
+	withConfig := func(q map[string]any) *mergeplan.Input {
+		m := small(false)
+		m.Config["quantization_config"] = q
+		return fp8Input(t, m, mergeplan.Options{})
+	}
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "bitsandbytes", "load_in_4bit": true})),
+		"quantization_config", "bitsandbytes", "original BF16 model")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "gptq", "bits": 4})),
+		"quantization_config", "GPTQ", "original BF16 model")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "awq", "bits": 4})),
+		"quantization_config", "AWQ", "original BF16 model")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "pack-quantized"})),
+		"quantization_config", "pack-quantized", "INT4", "original BF16 model")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors",
+		"config_groups": map[string]any{"group_0": map[string]any{"format": "pack-quantized"}}})),
+		"quantization_config", "pack-quantized")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "int-quantized"})),
+		"quantization_config", "int-quantized", "float-quantized (FP8) format only")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "float-quantized",
+		"config_groups": map[string]any{"g": map[string]any{"weights": map[string]any{"type": "float", "num_bits": 8, "strategy": "block"}}}})),
+		"config_groups.g.weights", `strategy "block"`, "not built yet")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "compressed-tensors", "format": "float-quantized",
+		"config_groups": map[string]any{"g": map[string]any{"weights": map[string]any{"type": "int", "num_bits": 8, "strategy": "channel"}}}})),
+		"config_groups.g.weights", `type "int"`)
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "hqq"})),
+		"quantization_config", `"hqq"`, "does not decode")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "fp8", "fmt": "e4m3"})),
+		"weight_block_size", "two block sizes")
+	expectProblem(t, mergeplan.Build(withConfig(map[string]any{"quant_method": "fp8", "weight_block_size": []any{128, 0}})),
+		"weight_block_size", "positive integer")
+
+	// A missing scale.
+	m := fp8Small(safetensors.F32)
+	m.Tensors = removeTensor(m.Tensors, "model.layers.1.mlp.up_proj.weight_scale_inv")
+	m.Split(2)
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.1.mlp.up_proj.weight", "without its scale model.layers.1.mlp.up_proj.weight_scale_inv")
+	// A scale of the wrong shape.
+	m = fp8Small(safetensors.BF16)
+	m.Tensor("model.layers.0.self_attn.k_proj.weight_scale_inv").Shape = []int64{3, 2}
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.0.self_attn.k_proj.weight_scale_inv", "has shape (3, 2)", "in blocks of 16x16", "needs (1, 2)")
+	// A block size that does not divide as the config says: the scales are for 16×16
+	// blocks, the config claims 8×8.
+	m = fp8Small(safetensors.F16)
+	m.Config["quantization_config"].(map[string]any)["weight_block_size"] = []int64{8, 8}
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"_scale_inv", "in blocks of 8x8 (quantization_config.weight_block_size) needs")
+	// A scale of a dtype no release uses.
+	m = fp8Small(safetensors.F32)
+	m.Tensor("model.layers.0.mlp.gate_proj.weight_scale_inv").DType = safetensors.I32
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.0.mlp.gate_proj.weight_scale_inv", "is I32", "F32, BF16, F16 or F8_E8M0")
+	// A scale whose weight is not FP8.
+	m = fp8Small(safetensors.F32)
+	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.norm.weight_scale_inv", DType: safetensors.F32, Shape: []int64{1}})
+	m.Split(2)
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.norm.weight_scale_inv", "not an F8_E4M3 weight")
+	expectProblem(t, mergeplan.Build(fp8Input(t, fp8Small(safetensors.F32), mergeplan.Options{Quantized: "fp4"})),
+		"--quantized", `"fp4"`, "bf16, keep or mixed")
+}
+
+func removeTensor(ts []*fixture.Tensor, name string) []*fixture.Tensor {
+	var out []*fixture.Tensor
+	for _, x := range ts {
+		if x.Name != name {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// TestBlockFP8KeepPlan: keep copies untouched weights and scales, requantizes touched
+// weights with their scales recomputed in the base's scale dtype, keeps
+// quantization_config, and refuses DoRA.
+func TestBlockFP8KeepPlan(t *testing.T) {
+	m := fp8Small(safetensors.BF16)
+	p := mergeplan.Build(fp8Input(t, m, mergeplan.Options{Quantized: mergeplan.QuantKeep, DType: mergeplan.ToF32}))
+	if !p.OK() {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+	touched := map[string]bool{"model.layers.0.self_attn.q_proj.weight": true, "model.layers.1.mlp.down_proj.weight": true}
+	n := 0
+	for _, s := range p.Shards {
+		for _, x := range s.Tensors {
+			w, isScale := strings.CutSuffix(x.Name, "_scale_inv")
+			switch {
+			case touched[x.Name]:
+				if x.DType != safetensors.F8E4M3 || x.Requant == nil || x.Requant.ScaleDType != safetensors.BF16 || len(x.Deltas) != 1 {
+					t.Errorf("%s planned as %s, %+v", x.Name, x.DType, x.Requant)
+				}
+				n++
+			case isScale && touched[w]:
+				if x.ScaleOf == nil || x.ScaleOf.Name != w || x.DType != safetensors.BF16 {
+					t.Errorf("%s: scale planned as %s of %v", x.Name, x.DType, x.ScaleOf)
+				}
+				n++
+			case isScale || m.Tensor(x.Name).DType == safetensors.F8E4M3:
+				// --dtype fp32 does not touch a quantized weight or its scale.
+				if !x.Copy() {
+					t.Errorf("untouched %s is not a copy (%s)", x.Name, x.DType)
+				}
+			}
+		}
+	}
+	if n != 4 {
+		t.Errorf("%d requantized tensors and scales planned, want 4", n)
+	}
+	if p.Config != nil && !strings.Contains(string(p.Config), "quantization_config") {
+		t.Error("keep drops quantization_config")
+	}
+	if got := p.Quant.Requantized; len(got) != 2 {
+		t.Errorf("requantized: %v", got)
+	}
+	a := fixture.NewAdapter(4, 4)
+	lora(m, a, "model.layers.0.self_attn.q_proj", 4)
+	a.Config["use_dora"] = true
+	a.Add(fixture.Key("model.layers.0.self_attn.q_proj", "lora_magnitude_vector"), safetensors.F32, 1, fixture.NewRand(3), 32)
+	expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantKeep})),
+		"model.layers.0.self_attn.q_proj.weight", "DoRA", "--quantized bf16")
+}
+
+// TestBlockFP8MixedPlan: mixed writes the touched weights in BF16 without their
+// scales, copies the rest, names exactly the touched modules in modules_to_not_convert
+// and ignored_layers, and warns where vLLM's fused layers would mix precisions.
+func TestBlockFP8MixedPlan(t *testing.T) {
+	m := fp8Small(safetensors.F32)
+	p := mergeplan.Build(fp8Input(t, m, mergeplan.Options{Quantized: mergeplan.QuantMixed}))
+	if !p.OK() {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+	var q map[string]any
+	var conf map[string]any
+	if err := json.Unmarshal(p.Config, &conf); err != nil {
+		t.Fatal(err)
+	}
+	q, _ = conf["quantization_config"].(map[string]any)
+	want := `["model.layers.0.self_attn.q_proj","model.layers.1.mlp.down_proj"]`
+	for _, key := range []string{"modules_to_not_convert", "ignored_layers"} {
+		got, _ := json.Marshal(q[key])
+		if string(got) != want {
+			t.Errorf("quantization_config.%s = %s, want %s", key, got, want)
+		}
+	}
+	for _, s := range p.Shards {
+		for _, x := range s.Tensors {
+			switch x.Name {
+			case "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight":
+				if x.DType != safetensors.BF16 || x.Dequant == nil {
+					t.Errorf("%s planned as %s", x.Name, x.DType)
+				}
+			case "model.layers.0.self_attn.q_proj.weight_scale_inv", "model.layers.1.mlp.down_proj.weight_scale_inv":
+				t.Errorf("%s is in the output", x.Name)
+			default:
+				if !x.Copy() {
+					t.Errorf("untouched %s is not a copy", x.Name)
+				}
+			}
+		}
+	}
+	found := false
+	for _, w := range p.Warnings {
+		if strings.Contains(w.String(), "vLLM fuses q_proj, k_proj, v_proj") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no warning about vLLM's fused qkv: %v", p.Warnings)
+	}
+}
+
+func TestCompressedFP8Refusals(t *testing.T) {
+	m := small(false)
+	m.CompressedFP8("channel", safetensors.BF16, 3)
+	m.Tensor("model.layers.0.self_attn.o_proj.weight_scale").Shape = []int64{1, 32}
+	m.Split(2)
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.0.self_attn.o_proj.weight_scale", "has shape (1, 32)", "needs (32, 1) per channel")
+	m = small(false)
+	m.CompressedFP8("tensor", safetensors.F32, 3)
+	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.layers.0.mlp.up_proj.weight_zero_point", DType: safetensors.F32, Shape: []int64{1}})
+	m.Split(1)
+	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
+		"model.layers.0.mlp.up_proj.weight_zero_point", "symmetric FP8 weights only")
+}
