@@ -562,3 +562,39 @@ func TestBlockFP8Experts(t *testing.T) {
 	}
 	tl.assert(t, "block-FP8 experts", safetensors.BF16, false)
 }
+
+// TestBlockFP8DoRA: DoRA on a block-FP8 base (bf16 mode) normalises the dequantized
+// weight plus the delta: the engine's bytes are the reference's, whichever kernel runs
+// (the fused DoRA kernels decode raw sources and know no scales, so a dequantized
+// tensor must not take them).
+func TestBlockFP8DoRA(t *testing.T) {
+	block := [2]int64{64, 32}
+	m := fp8Llama(block, safetensors.F32, 3)
+	a := fp8Adapter(m, 4)
+	a.Config["use_dora"] = true
+	rnd := fixture.NewRand(9)
+	for l := 0; l < 2; l++ {
+		for _, p := range fp8Targets {
+			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+			a.Add(fixture.Key(mod, "lora_magnitude_vector"), safetensors.F32, 0.3, rnd, m.Tensor(mod+".weight").Shape[0])
+		}
+	}
+	res := run(t, m, a, mergeplan.Options{})
+	var tl tally
+	for l := 0; l < 2; l++ {
+		for _, p := range fp8Targets {
+			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+			name := mod + ".weight"
+			w := m.Tensor(name)
+			A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+			W := dequantRef(m, name, block, rightBlock)
+			mag := a.Tensor(fixture.Key(mod, "lora_magnitude_vector")).Values
+			exact := doraRef(W, int(w.Shape[0]), int(w.Shape[1]), []refDelta{linearDelta(2, 8, A, B)}, mag, true)
+			got := res.tensor(t, name).Values
+			for i := range got {
+				tl.check(safetensors.BF16, got[i], exact[i], 0)
+			}
+		}
+	}
+	tl.assert(t, "DoRA on block FP8", safetensors.BF16, true)
+}
