@@ -576,7 +576,7 @@ func TestBlockFP8DoRA(t *testing.T) {
 	for l := 0; l < 2; l++ {
 		for _, p := range fp8Targets {
 			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
-			a.Add(fixture.Key(mod, "lora_magnitude_vector"), safetensors.F32, 0.3, rnd, m.Tensor(mod+".weight").Shape[0])
+			a.Add(fixture.Key(mod, "lora_magnitude_vector"), safetensors.F32, 0.3, rnd, m.Tensor(mod + ".weight").Shape[0])
 		}
 	}
 	res := run(t, m, a, mergeplan.Options{})
