@@ -378,3 +378,25 @@ func TestPushNewBranch(t *testing.T) {
 		t.Errorf("main moved: %v", files)
 	}
 }
+
+// TestPushPRTwice: a second --pr run of the same inputs finds the open pull request
+// hfmerge opened and opens no other; --private on an existing public repo warns.
+func TestPushPRTwice(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	if code, _, stderr := e.push(t, aliceWrite); code != 0 {
+		t.Fatal(stderr)
+	}
+	for i := range 2 {
+		code, stdout, stderr := e.push(t, aliceWrite, "--pr", "--dtype", "fp32")
+		if code != 0 || (i == 1 && !strings.Contains(stdout, "an open pull request already holds this merge")) {
+			t.Fatalf("run %d: exit %d\n%s\n%s", i, code, stdout, stderr)
+		}
+	}
+	if prs := e.h.PullRequests("alice/merged"); len(prs) != 1 {
+		t.Errorf("pull requests: %v", prs)
+	}
+	code, _, stderr := e.push(t, aliceWrite, "--private", "--dtype", "fp16")
+	if code != 0 || !strings.Contains(stderr, "the repo exists and is public") {
+		t.Errorf("--private on a public repo: exit %d\n%s", code, stderr)
+	}
+}
