@@ -268,6 +268,23 @@ func (w *dirWriter) publish(ctx context.Context) error {
 			return err
 		}
 	}
+	// With --force, weight files of the earlier model that the new one does not have
+	// go, as a push deletes them in its commit: old and new shards never mix.
+	mine := map[string]bool{}
+	for _, name := range w.staged {
+		mine[name] = true
+	}
+	entries, _ := os.ReadDir(w.out)
+	for _, e := range entries {
+		if e.Type().IsRegular() && weightFile(e.Name()) && !mine[e.Name()] {
+			if err := os.Remove(filepath.Join(w.out, e.Name())); err != nil {
+				return err
+			}
+			if w.o.Log != nil {
+				w.o.Log.Info("removed a weight file of the earlier model", "file", e.Name())
+			}
+		}
+	}
 	if d, err := os.Open(w.out); err == nil {
 		d.Sync() // make the renames durable; not every filesystem supports it
 		d.Close()

@@ -133,6 +133,12 @@ func (o *Sources) hubSource(ctx context.Context, role string, repo hub.Repo, rev
 		cacheDir = cache.Dir()
 	}
 	hc := cache.New(cacheDir)
+	if removed := hc.Recover(); len(removed) > 0 && o.Log != nil {
+		o.Log.Info("removed what a killed run had fetched into the HF cache", "files", len(removed), "cache", cacheDir)
+	}
+	if !keep && localDir == "" {
+		hc.Transient() // everything this source fetches there is removed when it closes
+	}
 	var find func(string) (string, bool)
 	var dir func() (string, bool)
 	if localDir != "" {

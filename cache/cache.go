@@ -84,6 +84,7 @@ type created struct {
 	files map[string]bool // blobs, links, real files, metadata
 	dirs  []string        // in creation order
 	refs  map[string]string
+	log   *intents // nil unless Transient
 }
 
 func newCreated() created {
@@ -123,6 +124,11 @@ func (c *created) mkdirAll(dir string) error {
 			break
 		}
 	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := c.log.record("dir", missing[i], ""); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -154,6 +160,9 @@ func (c *created) tidy() error {
 		os.Remove(c.dirs[i]) // fails, as it should, when not empty
 	}
 	c.dirs = nil
+	if len(c.files) == 0 {
+		c.log.close() // everything it names is gone
+	}
 	return nil
 }
 

@@ -168,7 +168,13 @@ func (c *Cache) Fetch(ctx context.Context, f File, get Getter, prog Progress) (s
 		// it and then removes f (Remove): a file that is not kept leaves nothing.
 		partial := p.blob + ".incomplete"
 		if _, err := os.Lstat(partial); errors.Is(err, os.ErrNotExist) {
+			if err := c.made.log.record("partial", partial, ""); err != nil {
+				return "", false, err
+			}
 			c.made.file(partial)
+		}
+		if err := c.made.log.record("blob", p.blob, ""); err != nil {
+			return "", false, err
 		}
 		if err := download(ctx, partial, p.blob, f, get, prog); err != nil {
 			return "", false, err
@@ -193,6 +199,12 @@ func (c *Cache) link(p hubPaths) error {
 	}
 	tmp := p.link + ".hfmerge-link"
 	os.Remove(tmp)
+	if err := c.made.log.record("partial", tmp, ""); err != nil {
+		return err
+	}
+	if err := c.made.log.record("link", p.link, rel); err != nil {
+		return err
+	}
 	if err := os.Symlink(rel, tmp); err != nil {
 		return err
 	}
@@ -222,6 +234,9 @@ func (c *Cache) ref(p hubPaths, f File) {
 		return
 	}
 	_, existed := os.Stat(path)
+	if errors.Is(existed, os.ErrNotExist) && c.made.log.record("ref", path, p.snapshot) != nil {
+		return
+	}
 	if c.made.mkdirAll(filepath.Dir(path)) != nil || writeAtomic(path, []byte(f.Commit)) != nil {
 		return // best effort, as huggingface_hub
 	}

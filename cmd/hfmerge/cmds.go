@@ -116,7 +116,8 @@ func mergeCmd(c *cli.Context, st *state) error {
 	for _, s := range p.Shards {
 		total += s.Size()
 	}
-	st.done("merged", "out", out, "shards", len(p.Shards), "size", hfmerge.Human(total), "seconds", seconds(time.Since(start)))
+	st.done(fmt.Sprintf("merged %d shards (%s) into %s in %s", len(p.Shards), hfmerge.Human(total), out, roundSeconds(time.Since(start))),
+		"merged", "out", out, "shards", len(p.Shards), "size", hfmerge.Human(total), "seconds", seconds(time.Since(start)))
 	return nil
 }
 
@@ -202,7 +203,8 @@ func pushCmd(c *cli.Context, st *state) error {
 		// With JSON logs the summary record below says it; stdout stays free of text.
 		fmt.Fprintln(c.App.Writer, line)
 	}
-	st.done("pushed", "result", result, "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
+	human := fmt.Sprintf("%s: %d shards, %s up, %s down, in %s", result, res.Shards, hfmerge.Human(res.BytesUp), hfmerge.Human(res.BytesDown), roundSeconds(res.Elapsed))
+	st.done(human, "pushed", "result", result, "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
 		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
 		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed), "upload_busy_seconds", seconds(res.UploadBusy),
 		"disk_budget", hfmerge.Human(res.Budget), "xet", res.Xet, "xet_expected", res.XetExpected, "xet_sent", res.XetSent)
@@ -211,6 +213,17 @@ func pushCmd(c *cli.Context, st *state) error {
 			hfmerge.Human(res.XetSent), hfmerge.Human(res.XetExpected), hfmerge.Human(res.ShardBytes))
 	}
 	return nil
+}
+
+// roundSeconds prints a duration for people: 850ms, 12.3s, 4m5s.
+func roundSeconds(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 // seconds is a duration as seconds with three decimals at most, for log lines.

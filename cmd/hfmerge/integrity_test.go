@@ -378,3 +378,71 @@ func TestPushNewBranch(t *testing.T) {
 		t.Errorf("main moved: %v", files)
 	}
 }
+
+// TestPushPRTwice: a second --pr run of the same inputs finds the open pull request
+// hfmerge opened and opens no other; --private on an existing public repo warns.
+func TestPushPRTwice(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	if code, _, stderr := e.push(t, aliceWrite); code != 0 {
+		t.Fatal(stderr)
+	}
+	for i := range 2 {
+		code, stdout, stderr := e.push(t, aliceWrite, "--pr", "--dtype", "fp32")
+		if code != 0 || (i == 1 && !strings.Contains(stdout, "an open pull request already holds this merge")) {
+			t.Fatalf("run %d: exit %d\n%s\n%s", i, code, stdout, stderr)
+		}
+	}
+	if prs := e.h.PullRequests("alice/merged"); len(prs) != 1 {
+		t.Errorf("pull requests: %v", prs)
+	}
+	code, _, stderr := e.push(t, aliceWrite, "--private", "--dtype", "fp16")
+	if code != 0 || !strings.Contains(stderr, "the repo exists and is public") {
+		t.Errorf("--private on a public repo: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestKilledRunCacheLeftovers: a merge of a Hub base killed with SIGKILL leaves the
+// small files it fetched into the user's HF cache; the next run removes them (and what
+// it fetched itself), leaving the cache as it was.
+func TestKilledRunCacheLeftovers(t *testing.T) {
+	spec := fixture.LlamaSpec{Hidden: 512, Intermediate: 1536, Layers: 8, Vocab: 4000, DType: safetensors.BF16, Seed: 12, Lazy: true}
+	e := newPushEnv(t, spec, 8)
+	e.h.Fault(hubtest.Fault{Route: hubtest.RouteCDNGet, Delay: 50 * time.Millisecond, Times: -1})
+	hubCache := filepath.Join(e.home, "hf", "hub")
+	repoDir := filepath.Join(hubCache, "models--alice--base")
+	c := e.cmd(aliceWrite, "merge", "--base", "alice/base", "--adapter", e.adapter, "--out", filepath.Join(t.TempDir(), "a"), "--progress", "plain", "--jobs", "1")
+	stderr, _ := c.StderrPipe()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	killed := false
+	for sc.Scan() {
+		if !killed && strings.Contains(sc.Text(), "shard merged") {
+			c.Process.Signal(syscall.SIGKILL)
+			killed = true
+		}
+	}
+	c.Wait()
+	if !killed {
+		t.Fatal("the merge ended before it could be killed")
+	}
+	left := filesUnder(repoDir)
+	if len(left) == 0 {
+		t.Fatal("the killed run left nothing in the cache: nothing to test")
+	}
+	t.Logf("left by the killed run: %v", left)
+	code, _, errOut := e.run(t, aliceWrite, "merge", "--base", "alice/base", "--adapter", e.adapter, "--out", filepath.Join(t.TempDir(), "b"), "--progress", "none")
+	if code != 0 {
+		t.Fatal(errOut)
+	}
+	if now := filesUnder(repoDir); len(now) != 0 {
+		t.Errorf("left in the cache after the rerun: %v", now)
+	}
+	if _, err := os.Stat(repoDir); err == nil {
+		t.Errorf("%s is still there", repoDir)
+	}
+	if logs, _ := filepath.Glob(filepath.Join(hubCache, ".locks", "hfmerge", "*.log")); len(logs) != 0 {
+		t.Errorf("intent logs left: %v", logs)
+	}
+}

@@ -14,11 +14,12 @@ import (
 // meter shows a run's progress: on a terminal one bar per stage, each with its own
 // total, rate and ETA; otherwise one log line per shard and stage.
 type meter struct {
-	mu   sync.Mutex
-	st   *state
-	mode string
-	pool *pb.Pool
-	bars map[hfmerge.Stage]*pb.ProgressBar
+	mu    sync.Mutex
+	st    *state
+	mode  string
+	pool  *pb.Pool
+	bars  map[hfmerge.Stage]*pb.ProgressBar
+	begun map[hfmerge.Stage]time.Time
 }
 
 func (st *state) meter(mode string) *meter {
@@ -34,7 +35,7 @@ func (st *state) meter(mode string) *meter {
 			mode = "plain"
 		}
 	}
-	return &meter{st: st, mode: mode, bars: map[hfmerge.Stage]*pb.ProgressBar{}}
+	return &meter{st: st, mode: mode, bars: map[hfmerge.Stage]*pb.ProgressBar{}, begun: map[hfmerge.Stage]time.Time{}}
 }
 
 func isTerminal(w any) bool {
@@ -46,9 +47,14 @@ func isTerminal(w any) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// barTemplate fits 80 columns: stage, bytes done of total (decimal units, as the Hub
-// shows sizes), the bar, the rate and the time left.
-const barTemplate = `{{string . "prefix"}} {{counters . }} {{bar . "[" "=" ">" " " "]"}} {{speed . "%s/s" "?/s"}} {{rtime . "%s left"}}`
+// barTemplate fits 80 columns (pb narrows the bar to the terminal's width): stage,
+// bytes done of total in decimal units (kB, MB, GB: 10³, 10⁶, 10⁹ bytes, as the Hub
+// shows sizes, and as every size hfmerge prints), the bar, the rate and the time left;
+// once finished, the average rate and the stage's duration.
+const barTemplate = barDone + ` {{speed . "%s/s" "?/s"}} {{rtime . "%s left"}}`
+
+// barDone is the part of a bar that stays when the stage ends.
+const barDone = `{{string . "prefix"}} {{counters . }} {{bar . "[" "=" ">" " " "]"}}`
 
 var stageLabel = map[hfmerge.Stage]string{
 	hfmerge.StageMerge:  "merge ",
@@ -68,6 +74,7 @@ func (m *meter) event(e hfmerge.Event) {
 		b := pb.New64(e.Bytes).Set(pb.Bytes, true).Set(pb.SIBytesPrefix, true).Set("prefix", stageLabel[e.Stage]).
 			SetTemplateString(barTemplate).SetMaxWidth(120)
 		m.bars[e.Stage] = b
+		m.begun[e.Stage] = time.Now()
 		m.add(b)
 	case hfmerge.Advance:
 		if b := m.bars[e.Stage]; b != nil {
@@ -75,7 +82,15 @@ func (m *meter) event(e hfmerge.Event) {
 		}
 	case hfmerge.End:
 		if b := m.bars[e.Stage]; b != nil {
+			// Finished, a bar shows the stage's average rate and how long it took,
+			// not a rate decaying towards zero.
+			// The pool draws every bar with the time it draws them at, so the finished
+			// bar's rate and duration are written into its template once.
+			took := time.Since(m.begun[e.Stage])
+			rate := hfmerge.Human(int64(float64(b.Total()) / max(took.Seconds(), 1e-3)))
+			b.SetTemplateString(barDone + fmt.Sprintf(" %s/s in %s", rate, roundSeconds(took)))
 			b.SetCurrent(b.Total())
+			b.Finish()
 		}
 	case hfmerge.ShardDone:
 		if m.mode == "plain" {

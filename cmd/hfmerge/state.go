@@ -80,14 +80,22 @@ func (st *state) fail(err error, code int) {
 	fmt.Fprintf(st.stderr, "hfmerge: %s\n", msg)
 }
 
-// done logs the run's summary: one line of text, or one JSON record that ends the run's
-// output and carries its exit status.
-func (st *state) done(msg string, attrs ...any) {
-	if st.json {
-		attrs = append(attrs, "exit_status", exitOK)
+// done logs the run's summary: one JSON record that ends the run's output and carries
+// its exit status; a log line of text; or, with text logs on a terminal, the short
+// sentence human says, for a person.
+func (st *state) done(human, msg string, attrs ...any) {
+	switch {
+	case st.json:
+		st.logger().Info(msg, append(attrs, "exit_status", exitOK)...)
+	case st.terminal():
+		fmt.Fprintln(st.stderr, st.redact(human))
+	default:
+		st.logger().Info(msg, attrs...)
 	}
-	st.logger().Info(msg, attrs...)
 }
+
+// terminal says whether stderr is a terminal a person reads.
+func (st *state) terminal() bool { return isTerminal(st.stderr) }
 
 // checked prints a plan's problems and returns an error that exits with status 3;
 // warnings are logged.
