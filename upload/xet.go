@@ -96,8 +96,16 @@ func (t *Target) StartXet(ctx context.Context, log *slog.Logger) (*Xet, error) {
 		return nil, fmt.Errorf("asking the Hub for a Xet write token: %w", err)
 	}
 	log.Info("uploading through Xet", "cas", first.CASURL)
-	return &Xet{client: t.xetClient(first, log), log: log}, nil
+	return &Xet{client: t.xetClient(first, log), log: log, o: xet.Options{XorbBytes: pushXorbBytes, Lookahead: pushLookahead}}, nil
 }
+
+// A push's session holds two xorb buffers and the lookahead window besides the merge's
+// row blocks; these sizes keep the whole under the 256 MB a push may take (measured by
+// scripts/xetrss.sh) at the cost of twice as many xorb posts as 64 MiB xorbs.
+const (
+	pushXorbBytes = 32 << 20
+	pushLookahead = 8 << 20
+)
 
 // xetClient is a CAS client whose first token is given and whose later ones come from
 // the token's refresh URL.

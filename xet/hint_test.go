@@ -45,3 +45,22 @@ func TestSessionHint(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionXorbBytes: a session with a smaller xorb cap cuts more, smaller xorbs, and
+// the CAS rebuilds the file from them.
+func TestSessionXorbBytes(t *testing.T) {
+	data := splitmix64Data(4<<20, 41)
+	cas := newTestCAS(t)
+	s := NewSession(cas.client(ClientOptions{}), Options{XorbBytes: 1 << 20})
+	res := upload(t, s, data)
+	sum := closeSession(t, s)
+	if sum.XorbsSent < 4 {
+		t.Fatalf("%d xorbs for 4 MiB under a 1 MiB cap", sum.XorbsSent)
+	}
+	if sum.XorbBytes > int64(sum.XorbsSent)<<20 {
+		t.Fatalf("%d xorb bytes in %d xorbs: over the cap", sum.XorbBytes, sum.XorbsSent)
+	}
+	if !bytes.Equal(cas.file(res.Hash), data) {
+		t.Fatal("the CAS rebuilds the file wrong")
+	}
+}

@@ -31,6 +31,10 @@ type Options struct {
 	// the two xorb buffers it bounds the session's memory: about 130 MiB + Lookahead.
 	Lookahead int
 	Now       func() time.Time // for dedup answer expiry [time.Now]
+	// XorbBytes caps a xorb's serialized size [MaxXorbBytes, 64 MiB, as xet-core and
+	// huggingface.js]. The session holds two xorb buffers, so a smaller cap bounds its
+	// memory; the protocol's limit is a maximum, and smaller xorbs only mean more posts.
+	XorbBytes int
 }
 
 // Progress is a snapshot of a session's work.
@@ -128,7 +132,7 @@ func NewSession(c *Client, o Options) *Session {
 	}
 	return &Session{c: c, o: o, log: log, byHash: map[Hash]int{}, own: map[Hash]loc{},
 		queried: map[Hash]bool{}, seen: map[Hash]bool{},
-		b: &xorbBuilder{comp: newCompressor()}, cur: -1, hasher: blake3.New(32, dataKey[:]),
+		b: &xorbBuilder{comp: newCompressor(), limit: o.XorbBytes}, cur: -1, hasher: blake3.New(32, dataKey[:]),
 		ring: ring{buf: make([]byte, o.Lookahead+3*MaxChunk)}}
 }
 

@@ -236,12 +236,20 @@ type xorbBuilder struct {
 	chunks []Chunk
 	raw    int
 	comp   *compressor
+	limit  int // serialized bytes at most; 0 is MaxXorbBytes
+}
+
+func (b *xorbBuilder) max() int {
+	if b.limit <= 0 || b.limit > MaxXorbBytes {
+		return MaxXorbBytes
+	}
+	return b.limit
 }
 
 // fits reports whether a chunk of n raw bytes may join: under both the chunk limit
 // and, counting the worst case of an uncompressed chunk, the byte limit.
 func (b *xorbBuilder) fits(n int) bool {
-	return len(b.chunks) < MaxXorbChunks && len(b.data)+chunkHeaderLen+n <= MaxXorbBytes
+	return len(b.chunks) < MaxXorbChunks && len(b.data)+chunkHeaderLen+n <= b.max()
 }
 
 // add appends a chunk and returns its serialized size. The caller checked fits.
@@ -251,8 +259,8 @@ func (b *xorbBuilder) add(data []byte, h Hash) (int, error) {
 		// Small xorbs (small files) stay small; past 8 MiB the buffer goes straight to
 		// the limit, so growing leaves little garbage and never reserves more than the
 		// limit, as append's own growth would.
-		size := MaxXorbBytes
-		if need <= 8<<20 {
+		size := b.max()
+		if need <= 8<<20 && size > 8<<20 {
 			size = 8 << 20
 		}
 		grown := make([]byte, before, size)
