@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/hfmerge/hfmerge/cache"
@@ -204,4 +206,31 @@ func (o *Sources) hubSource(ctx context.Context, role string, repo hub.Repo, rev
 	}
 	s.at = on
 	return s, nil
+}
+
+// Stack opens adapters given as SRC[:WEIGHT] (weight 1 when none is given; a SRC whose
+// last colon is followed by something other than a number keeps it), in order.
+func (o *Sources) Stack(ctx context.Context, specs []string) ([]StackedAdapter, error) {
+	var stack []StackedAdapter
+	for _, spec := range specs {
+		spec, weight := splitWeight(spec)
+		a, err := o.Adapter(ctx, spec)
+		if err != nil {
+			for _, s := range stack {
+				s.Source.Close()
+			}
+			return nil, err
+		}
+		stack = append(stack, StackedAdapter{Source: a, Weight: weight})
+	}
+	return stack, nil
+}
+
+func splitWeight(spec string) (string, float64) {
+	if i := strings.LastIndexByte(spec, ':'); i > 0 {
+		if w, err := strconv.ParseFloat(spec[i+1:], 64); err == nil && !math.IsNaN(w) && !math.IsInf(w, 0) {
+			return spec[:i], w
+		}
+	}
+	return spec, 1
 }

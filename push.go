@@ -62,6 +62,32 @@ type PushResult struct {
 	XetSent     int64
 }
 
+// URL is where the result is seen: the pull request, or the commit (the branch when it
+// was up to date).
+func (r *PushResult) URL() string {
+	if r.Commit == nil {
+		return ""
+	}
+	if r.Commit.PullRequestURL != "" {
+		return r.Commit.PullRequestURL
+	}
+	return r.Commit.URL
+}
+
+// Outcome says in a word what the push did ("up to date", "opened pull request",
+// "committed"), and in a line for people.
+func (r *PushResult) Outcome(t upload.Target) (result, line string) {
+	switch {
+	case r.UpToDate && t.PR:
+		return "up to date", fmt.Sprintf("an open pull request already holds this merge: %s; nothing to do", r.URL())
+	case r.UpToDate:
+		return "up to date", fmt.Sprintf("%s is up to date: its %s records these inputs and every file; nothing to do", t.String(), ProvenanceFile)
+	case r.Commit.PullRequestURL != "":
+		return "opened pull request", "opened pull request " + r.URL()
+	}
+	return "committed", "committed " + r.URL()
+}
+
 // ErrNoToken marks a push without a token.
 var ErrNoToken = errors.New("push needs a Hugging Face token with write access: give --token, or set HF_TOKEN")
 

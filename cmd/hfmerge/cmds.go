@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -17,37 +14,18 @@ import (
 	"github.com/hfmerge/hfmerge/upload"
 )
 
-// load opens --base and --adapter and reads their headers.
+// load opens --base and every --adapter and reads their headers.
 func load(ctx context.Context, o *options) (*hfmerge.Inputs, error) {
 	base, err := o.sources.Base(ctx, o.base)
 	if err != nil {
 		return nil, err
 	}
-	var stack []hfmerge.StackedAdapter
-	for _, spec := range o.adapters {
-		spec, weight := adapterWeight(spec)
-		a, err := o.sources.Adapter(ctx, spec)
-		if err != nil {
-			base.Close()
-			for _, s := range stack {
-				s.Source.Close()
-			}
-			return nil, err
-		}
-		stack = append(stack, hfmerge.StackedAdapter{Source: a, Weight: weight})
+	stack, err := o.sources.Stack(ctx, o.adapters)
+	if err != nil {
+		base.Close()
+		return nil, err
 	}
 	return hfmerge.LoadStack(ctx, base, stack, o.plan)
-}
-
-// adapterWeight splits SRC[:WEIGHT]; a SRC that ends in something other than a number
-// after its last colon keeps it.
-func adapterWeight(spec string) (string, float64) {
-	if i := strings.LastIndexByte(spec, ':'); i > 0 {
-		if w, err := strconv.ParseFloat(spec[i+1:], 64); err == nil && !math.IsNaN(w) && !math.IsInf(w, 0) {
-			return spec[:i], w
-		}
-	}
-	return spec, 1
 }
 
 func planCmd(c *cli.Context, st *state) error {
@@ -184,21 +162,8 @@ func pushCmd(c *cli.Context, st *state) error {
 		}
 		return err
 	}
-	url := res.Commit.URL
-	if res.Commit.PullRequestURL != "" {
-		url = res.Commit.PullRequestURL
-	}
-	var result, line string
-	switch {
-	case res.UpToDate && t.PR:
-		result, line = "up to date", fmt.Sprintf("an open pull request already holds this merge: %s; nothing to do", url)
-	case res.UpToDate:
-		result, line = "up to date", fmt.Sprintf("%s is up to date: its %s records these inputs and every file; nothing to do", t.String(), hfmerge.ProvenanceFile)
-	case res.Commit.PullRequestURL != "":
-		result, line = "opened pull request", "opened pull request "+url
-	default:
-		result, line = "committed", "committed "+url
-	}
+	url := res.URL()
+	result, line := res.Outcome(t)
 	if !st.json {
 		// With JSON logs the summary record below says it; stdout stays free of text.
 		fmt.Fprintln(c.App.Writer, line)

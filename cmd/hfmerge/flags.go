@@ -124,8 +124,8 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 	o.sources = hfmerge.Sources{CacheDir: c.String("cache-dir"), LocalDir: c.String("local-dir"), KeepBase: c.Bool("keep-base"), Log: st.log}
 	if !o.offline {
 		ho := hub.Options{Token: o.token, UserAgent: "hfmerge/" + hfmerge.Version(), Logger: st.log}
-		if err := netOptions(&ho); err != nil {
-			return nil, err
+		if err := hub.OptionsFromEnv(&ho); err != nil {
+			return nil, &exitError{exitUsage, err}
 		}
 		client, err := hub.New(ho)
 		if err != nil {

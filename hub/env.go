@@ -1,19 +1,18 @@
-package main
+package hub
 
 import (
+	"fmt"
 	"os"
 	"strconv"
 	"time"
-
-	"github.com/hfmerge/hfmerge/hub"
 )
 
-// netOptions reads the network time limits from the environment, with the names
+// OptionsFromEnv reads the network time limits from the environment, with the names
 // huggingface_hub gives them (constants.py): HF_HUB_ETAG_TIMEOUT, seconds to wait for a
 // reply's headers (default 10), and HF_HUB_DOWNLOAD_TIMEOUT, seconds a transfer may
 // receive nothing (default 10); and HFMERGE_HUB_RETRIES, the retries of a request
 // after its first try (default 5). Unset or empty is the default.
-func netOptions(o *hub.Options) error {
+func OptionsFromEnv(o *Options) error {
 	secs := func(name string, d *time.Duration) error {
 		v := os.Getenv(name)
 		if v == "" {
@@ -21,7 +20,7 @@ func netOptions(o *hub.Options) error {
 		}
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || !(f > 0) || f > 86400 {
-			return usageErr("%s=%q: want a number of seconds above 0", name, v)
+			return fmt.Errorf("%s=%q: want a number of seconds above 0", name, v)
 		}
 		*d = time.Duration(f * float64(time.Second))
 		return nil
@@ -35,11 +34,11 @@ func netOptions(o *hub.Options) error {
 	if v := os.Getenv("HFMERGE_HUB_RETRIES"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 || n > 100 {
-			return usageErr("HFMERGE_HUB_RETRIES=%q: want a whole number from 0 to 100", v)
+			return fmt.Errorf("HFMERGE_HUB_RETRIES=%q: want a whole number from 0 to 100", v)
 		}
 		o.Retries = n
 		if n == 0 {
-			o.Retries = -1 // hub.Options: negative means none
+			o.Retries = -1 // negative means none
 		}
 	}
 	return nil
