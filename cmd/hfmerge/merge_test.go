@@ -135,3 +135,28 @@ func TestPlanJSON(t *testing.T) {
 		t.Errorf("plan JSON: %d changed tensors, %d modules, problems %v, estimate %+v", changed, len(r.Modules), r.Problems, r.Estimate)
 	}
 }
+
+// TestMergeStacked: two --adapter flags, one weighted, merge in one pass; hfmerge.json
+// names both with their weights, and the card says so. A bad weight's adapter path is
+// taken whole.
+func TestMergeStacked(t *testing.T) {
+	base, adapter := inputs(t, nil)
+	out := filepath.Join(t.TempDir(), "stacked")
+	code, _, stderr := runBin(t, "merge", "--base", base, "--adapter", adapter, "--adapter", adapter+":0.5", "--out", out, "--progress", "none")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var prov hfmerge.Provenance
+	b, _ := os.ReadFile(filepath.Join(out, hfmerge.ProvenanceFile))
+	if err := json.Unmarshal(b, &prov); err != nil || len(prov.Adapters) != 2 || prov.Adapters[0].Weight != 1 || prov.Adapters[1].Weight != 0.5 {
+		t.Errorf("hfmerge.json: %v\n%s", err, b)
+	}
+	card, _ := os.ReadFile(filepath.Join(out, "README.md"))
+	if !bytes.Contains(card, []byte("(weight 0.5)")) || !bytes.Contains(card, []byte("one pass")) {
+		t.Errorf("card:\n%s", card)
+	}
+	code, _, stderr = runBin(t, "merge", "--base", base, "--adapter", adapter+":heavy", "--out", filepath.Join(t.TempDir(), "x"))
+	if code != exitUsage || !strings.Contains(stderr, ":heavy") {
+		t.Errorf("an adapter path with a non-numeric suffix: exit %d: %s", code, stderr)
+	}
+}
