@@ -37,10 +37,15 @@ var activationScales = []string{".input_scale", ".output_scale", ".k_scale", ".v
 
 // Dequant says how a quantized source tensor becomes real values: element (i, j) is
 // the decoded code times Scale[i / BlockRows, j / BlockCols].
+//
+// With MXFP4 set, Source is an MXFP4 <param>_blocks and Scale its <param>_scales
+// (quant_mxfp4.go): the tensor (E, in, out) is expert by expert the transpose of the
+// stored (E, out, in), whose blocks of BlockRows = 32 run along in.
 type Dequant struct {
 	Scale     Ref // [⌈rows/BlockRows⌉, ⌈cols/BlockCols⌉] of F32, BF16, F16 or F8_E8M0
 	BlockRows int64
 	BlockCols int64
+	MXFP4     bool
 }
 
 // Requant is how a merged tensor is quantized again in the base's geometry: blocks of
@@ -131,7 +136,7 @@ func (b *builder) readQuant(q any) {
 		b.readCompressed(m)
 		return
 	case "mxfp4":
-		b.problem(subject, "is MXFP4 (gpt-oss): hfmerge does not merge into MXFP4 bases yet; use the BF16 release of the model")
+		b.quant = &quantConfig{method: method}
 		return
 	default:
 		b.problem(subject, "quant_method is %q, a format hfmerge does not decode; use the original (unquantized) model as the base", method)
@@ -200,6 +205,10 @@ var scaleDTypes = []safetensors.DType{safetensors.F32, safetensors.BF16, safeten
 // <weight>_scale_inv (looked up in every shard), and drops the scale tensors.
 func (b *builder) dequantize() {
 	q := b.quant
+	if q.method == "mxfp4" {
+		b.dequantizeMXFP4()
+		return
+	}
 	b.p.Quant = &Quantization{Method: q.method, Block: q.block, Mode: string(b.in.Options.Quantized), Bytes: map[string]int64{}}
 	b.dropped = map[string]bool{}
 	for _, name := range sortedKeys(b.base.byName) {
@@ -307,6 +316,10 @@ func (b *builder) quantSizes() {
 // scale (mixed). bf16 needs nothing more.
 func (b *builder) settleQuant() {
 	mode := b.in.Options.Quantized
+	if b.quant != nil && b.quant.method == "mxfp4" {
+		b.checkMXFP4()
+		return
+	}
 	if b.quant == nil || mode == QuantBF16 {
 		return
 	}
