@@ -2,12 +2,15 @@ package merge_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/merge"
 	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
@@ -161,5 +164,34 @@ func TestMXFP4Refusals(t *testing.T) {
 				t.Errorf("problems %q lack %q", msgs, c.want)
 			}
 		})
+	}
+}
+
+// TestMXFP4NaNScale: a scale byte 0xFF (E8M0's NaN) stops the merge with its place.
+func TestMXFP4NaNScale(t *testing.T) {
+	m := fixture.MoE(fixture.MoESpec{Hidden: 64, Intermediate: 64, Experts: moeExperts, Layers: 1, Vocab: 64,
+		Layout: fixture.Interleaved, DType: safetensors.BF16, Seed: 17})
+	m.MXFP4(18)
+	s := m.Tensor("model.layers.0.mlp.experts.down_proj_scales")
+	s.Values[2*64*2+5*2+1] = 255 // expert 2, row 5, block 1
+	a := fixture.NewAdapter(4, 8, "q_proj")
+	a.Linear("model.layers.0.self_attn.q_proj", 64, 64, 4, safetensors.F32, fixture.NewRand(19))
+	p, files := plan(t, m, a, mergeplan.Options{})
+	if !p.OK() {
+		t.Fatalf("problems: %v", p.Problems)
+	}
+	var err error
+	for i := range p.Shards {
+		sh, e := merge.New(&p.Shards[i], files, merge.Options{Jobs: 2})
+		if e != nil {
+			t.Fatal(e)
+		}
+		if _, e := sh.Write(context.Background(), io.Discard, nil); e != nil {
+			err = e
+		}
+	}
+	want := "model.layers.0.mlp.experts.down_proj: scale [2, 5, 1] of model.layers.0.mlp.experts.down_proj_scales is 0xFF"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("merge error %v, want %q", err, want)
 	}
 }

@@ -308,6 +308,11 @@ func (b *builder) quantSizes() {
 	q.Bytes[string(QuantBF16)] = out
 	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
 	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
+	if b.quant.method == "mxfp4" {
+		// Not built for MXFP4: plan reports only what a merge can write.
+		delete(q.Bytes, string(QuantKeep))
+		delete(q.Bytes, string(QuantMixed))
+	}
 }
 
 // settleQuant decides, once the adapter is planned, what --quantized keep and mixed do

@@ -23,7 +23,7 @@ const (
 // dequantizeMXFP4 plans every P_blocks/P_scales pair of an MXFP4 base as the BF16
 // tensor P (E, in, out) the BF16 checkpoint has, computed from them, and drops both.
 func (b *builder) dequantizeMXFP4() {
-	b.p.Quant = &Quantization{Method: b.quant.method, Mode: string(b.in.Options.Quantized), Bytes: map[string]int64{}}
+	b.p.Quant = &Quantization{Method: b.quant.method, Block: [2]int64{1, MXFP4Block}, Mode: string(b.in.Options.Quantized), Bytes: map[string]int64{}}
 	b.dropped = map[string]bool{}
 	for _, name := range sortedKeys(b.base.byName) {
 		bt := b.base.byName[name]
