@@ -69,6 +69,10 @@ func TestMXFP4PlanAndMerge(t *testing.T) {
 	// Each expert element goes from half a byte and a 32nd of a scale byte to two bytes.
 	perLayer := int64(E*h*2*i + E*i*h) // gate_up_proj E·H·2I and down_proj E·I·H
 	wantOut := rep.Quant.BaseBytes + 2*(perLayer*2-perLayer/2-perLayer/32)
+	// mixed would copy layer 1's pairs, which the adapter leaves alone.
+	if want := wantOut - (perLayer*2 - perLayer/2 - perLayer/32); rep.Quant.Bytes["mixed"] != want {
+		t.Errorf("plan says the mixed output has %d tensor bytes, want %d", rep.Quant.Bytes["mixed"], want)
+	}
 	if _, ok := rep.Quant.Bytes["keep"]; ok {
 		t.Errorf("plan reports a keep size %v for an MXFP4 base, which keep does not merge", rep.Quant.Bytes)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -131,7 +132,7 @@ func TestMXFP4ReferenceCatchesWrongMerges(t *testing.T) {
 	}
 }
 
-// TestMXFP4Refusals: the modes not built, a missing or misshapen scale, and DoRA.
+// TestMXFP4Refusals: keep (not built), a missing or misshapen scale, and DoRA.
 func TestMXFP4Refusals(t *testing.T) {
 	a, _ := gateUpDown(1, "0.20.0", true, mxH, mxI, safetensors.BF16, 16)
 	for _, c := range []struct {
@@ -140,8 +141,7 @@ func TestMXFP4Refusals(t *testing.T) {
 		opts mergeplan.Options
 		want string
 	}{
-		{"keep", func(*fixture.Model) {}, mergeplan.Options{Quantized: mergeplan.QuantKeep}, "merged with --quantized bf16 only"},
-		{"mixed", func(*fixture.Model) {}, mergeplan.Options{Quantized: mergeplan.QuantMixed}, "merged with --quantized bf16 only"},
+		{"keep", func(*fixture.Model) {}, mergeplan.Options{Quantized: mergeplan.QuantKeep}, "merged with --quantized bf16 or mixed (keep is not built yet)"},
 		{"no scales", func(m *fixture.Model) {
 			m.Tensors = slices.DeleteFunc(m.Tensors, func(t *fixture.Tensor) bool { return t.Name == "model.layers.1.mlp.experts.down_proj_scales" })
 		}, mergeplan.Options{}, "model.layers.1.mlp.experts.down_proj_blocks: is MXFP4 blocks without their scales"},
@@ -193,5 +193,57 @@ func TestMXFP4NaNScale(t *testing.T) {
 	want := "model.layers.0.mlp.experts.down_proj: scale [2, 5, 1] of model.layers.0.mlp.experts.down_proj_scales is 0xFF"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("merge error %v, want %q", err, want)
+	}
+}
+
+// TestMXFP4Mixed: --quantized mixed writes layer 0's MLP, whose gate_up_proj the adapter
+// changes, in BF16 (down_proj too: the loader keeps or converts whole MLPs), copies
+// layer 1's blocks and scales byte for byte, and names exactly model.layers.0.mlp in
+// modules_to_not_convert.
+func TestMXFP4Mixed(t *testing.T) {
+	m := mxfp4Model(31)
+	a := fixture.NewExpertAdapter(moeRank, 6, "0.20.0", "mlp.experts.gate_up_proj")
+	rnd := fixture.NewRand(32)
+	gA, gB := a.Experts(fixture.ExpertsModule(0), 0, moeExperts, moeRank, mxH, 2*mxI, safetensors.F32, rnd)
+	ref := expertLoRA{A: gA, B: gB, E: moeExperts, r: moeRank, s: 6.0 / moeRank, inOut: true}
+	res := run(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantMixed})
+
+	p0, p1 := "model.layers.0.mlp.experts.", "model.layers.1.mlp.experts."
+	var tl tally
+	checkFused(&tl, safetensors.BF16, res.tensor(t, p0+"gate_up_proj").Values, m.MXFP4Dequant(p0+"gate_up_proj", false, false, false),
+		moeExperts, mxH, 2*mxI, ref)
+	tl.assert(t, "mixed: touched MXFP4 experts in BF16", safetensors.BF16, false)
+	down := res.tensor(t, p0+"down_proj")
+	if down.DType != safetensors.BF16 || !slices.Equal(down.Values, m.MXFP4Dequant(p0+"down_proj", false, false, false)) {
+		t.Errorf("%sdown_proj (%s) is not the exact dequantization in BF16", p0, down.DType)
+	}
+	for _, n := range []string{p0 + "gate_up_proj_blocks", p0 + "gate_up_proj_scales", p0 + "down_proj_blocks", p0 + "down_proj_scales",
+		p1 + "gate_up_proj", p1 + "down_proj"} {
+		if _, ok := res.tensors[n]; ok {
+			t.Errorf("%s is in the output", n)
+		}
+	}
+	sameBytes(t, res, m, p1+"gate_up_proj_blocks", p1+"gate_up_proj_scales", p1+"down_proj_blocks", p1+"down_proj_scales",
+		p0+"gate_up_proj_bias", "model.layers.0.mlp.router.weight")
+
+	var conf map[string]any
+	if err := json.Unmarshal(res.plan.Config, &conf); err != nil {
+		t.Fatalf("config.json: %v", err)
+	}
+	q, _ := conf["quantization_config"].(map[string]any)
+	want := []any{"model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head", "model.layers.0.mlp"}
+	if q == nil || q["quant_method"] != "mxfp4" || fmt.Sprint(q["modules_to_not_convert"]) != fmt.Sprint(want) || q["ignored_layers"] != nil {
+		t.Errorf("quantization_config %v, want quant_method mxfp4 and modules_to_not_convert %v", q, want)
+	}
+	// The plan's size for mixed is what was written, and bf16 is larger by layer 1's
+	// experts grown from 17/32 of a byte to 2 bytes an element.
+	var data int64
+	for _, s := range res.plan.Shards {
+		data += s.Size() - s.Layout.DataOffset()
+	}
+	perLayer := int64(moeExperts * (mxH*2*mxI + mxI*mxH))
+	qb := res.plan.Quant.Bytes
+	if qb["mixed"] != data || qb["bf16"] != data+perLayer*2-perLayer/2-perLayer/32 {
+		t.Errorf("plan sizes %v; wrote %d", qb, data)
 	}
 }

@@ -309,9 +309,15 @@ func (b *builder) quantSizes() {
 	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
 	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
 	if b.quant.method == "mxfp4" {
-		// Not built for MXFP4: plan reports only what a merge can write.
-		delete(q.Bytes, string(QuantKeep))
-		delete(q.Bytes, string(QuantMixed))
+		delete(q.Bytes, string(QuantKeep)) // not built for MXFP4
+		// out is the size in the mode planned; the other differs by the MXFP4 pairs
+		// mixed copies and bf16 dequantizes.
+		kept := b.mxfp4Kept()
+		if b.in.Options.Quantized == QuantMixed {
+			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+kept, out
+		} else {
+			q.Bytes[string(QuantMixed)] = out - kept
+		}
 	}
 }
 
@@ -430,6 +436,9 @@ func (b *builder) notConvert() {
 		return
 	}
 	keys := []string{"modules_to_not_convert", "ignored_layers"}
+	if b.quant.method == "mxfp4" {
+		keys = []string{"modules_to_not_convert"} // Transformers' Mxfp4HfQuantizer's list
+	}
 	if b.quant.compressed() {
 		keys = []string{"ignore"} // compressed-tensors' list of modules left unquantized
 	}

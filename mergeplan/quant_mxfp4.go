@@ -72,13 +72,92 @@ func (b *builder) dequantizeMXFP4() {
 		b.p.Quant.Scales = append(b.p.Quant.Scales, Scale{Weight: name, Name: sref.Name, File: sref.File, WeightFile: ref.File,
 			DType: string(sref.DType), WeightDType: "MXFP4 (E2M1 pairs in U8)", CrossShard: sref.File != ref.File})
 	}
-	if b.in.Options.Quantized != QuantBF16 {
-		b.problem("--quantized", "is %s; an MXFP4 (gpt-oss) base is merged with --quantized bf16 only (keep and mixed are not built yet)",
-			b.in.Options.Quantized)
+	if b.in.Options.Quantized == QuantKeep {
+		b.problem("--quantized", "is keep; an MXFP4 (gpt-oss) base is merged with --quantized bf16 or mixed (keep is not built yet)")
 	}
 }
 
-// checkMXFP4 refuses what an MXFP4 tensor cannot be merged with.
+// mxModule is the module a mixed MXFP4 merge names in modules_to_not_convert for an
+// expert parameter P of <layer>.mlp.experts: the MLP (<layer>.mlp), not the experts.
+// Transformers' _replace_with_mxfp4_linear replaces GptOssMLP.forward with the MXFP4
+// kernel's (which calls the experts with routing data) for every MLP it does not
+// skip, so an MLP whose experts are BF16 must be skipped whole; skipping it skips its
+// children (the experts and the BF16 router).
+func mxModule(param string) string {
+	m, _ := strings.CutSuffix(param, ".experts."+param[strings.LastIndexByte(param, '.')+1:])
+	return m
+}
+
+// touchedMXFP4 reports whether the adapter changes an MXFP4 tensor.
+func touchedMXFP4(t *Tensor) bool {
+	return len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
+}
+
+// mixMXFP4 settles --quantized mixed: an MLP with a touched expert parameter has all its
+// MXFP4 parameters written in BF16 (the loader decides per module) and is named in
+// modules_to_not_convert; every other MXFP4 pair is copied byte for byte.
+func (b *builder) mixMXFP4() {
+	bf16 := map[string]bool{}
+	for _, name := range sortedKeys(b.outs) {
+		if t := b.outs[name]; t.Name == name && t.Dequant != nil && t.Dequant.MXFP4 && touchedMXFP4(t) {
+			bf16[mxModule(name)] = true
+		}
+	}
+	for _, name := range sortedKeys(b.outs) {
+		t := b.outs[name]
+		if t.Name != name || t.Dequant == nil || !t.Dequant.MXFP4 {
+			continue
+		}
+		if bf16[mxModule(name)] {
+			if !touchedMXFP4(t) {
+				t.Reason = "dequantized from MXFP4 (its MLP is written in BF16)"
+			} else {
+				t.Reason = "merged, written in BF16 (modules_to_not_convert)"
+			}
+			continue
+		}
+		blocks, scales := t.Source, t.Dequant.Scale
+		b.outs[blocks.Name] = &Tensor{Name: blocks.Name, DType: blocks.DType, Shape: blocks.Shape, Source: blocks}
+		delete(b.outs, name)
+		delete(b.dropped, scales.Name)
+	}
+	b.p.Quant.NotConverted = sortedKeys(bf16)
+}
+
+// mxfp4Kept is how many bytes mixed mode saves against bf16: for every MLP whose MXFP4
+// parameters the adapter leaves alone, their dequantized size less their blocks and
+// scales.
+func (b *builder) mxfp4Kept() int64 {
+	esz := int64(2) // BF16, or what --dtype makes of it
+	if d := b.in.Options.DType.dtype(); d != "" {
+		esz = int64(d.Bits() / 8)
+	}
+	byModule := map[string][]Ref{}
+	touched := map[string]bool{}
+	for _, name := range sortedKeys(b.base.byName) {
+		param, ok := strings.CutSuffix(name, MXFP4Blocks)
+		if !ok || b.base.byName[name].Ref.DType != safetensors.U8 {
+			continue
+		}
+		t := b.outs[param] // absent where mixed mode copies the pair
+		m := mxModule(param)
+		byModule[m] = append(byModule[m], b.base.byName[name].Ref)
+		touched[m] = touched[m] || (t != nil && touchedMXFP4(t))
+	}
+	var kept int64
+	for m, refs := range byModule {
+		if touched[m] {
+			continue
+		}
+		for _, src := range refs {
+			elems := src.Len * 2                     // two codes a byte
+			kept += elems*esz - src.Len - src.Len/16 // one scale byte per 16 code bytes
+		}
+	}
+	return kept
+}
+
+// checkMXFP4 refuses what an MXFP4 tensor cannot be merged with, and settles mixed mode.
 func (b *builder) checkMXFP4() {
 	for _, name := range sortedKeys(b.outs) {
 		t := b.outs[name]
@@ -88,5 +167,8 @@ func (b *builder) checkMXFP4() {
 		if t.DoRA != nil || len(t.Patches) > 0 || t.Source.Adapter() {
 			b.problem(name, "is an MXFP4 expert tensor; hfmerge merges LoRA (expert LoRA) into it, not DoRA, trained rows or a full replacement")
 		}
+	}
+	if b.in.Options.Quantized == QuantMixed {
+		b.mixMXFP4()
 	}
 }
