@@ -40,7 +40,7 @@ func (m *tensor) prepareMXFP4() error {
 	if len(t.Shape) != 3 || t.Shape[1]%32 != 0 || q.BlockRows != 32 {
 		return fmt.Errorf("merge: %s: MXFP4 tensor of shape %v, blocks of %d", t.Name, t.Shape, q.BlockRows)
 	}
-	E, in, out, g := m.mxGeometry()
+	E, _, out, g := m.mxGeometry()
 	if t.Source.Len != int64(E*out*g*16) || q.Scale.Len != int64(E*out*g) {
 		return fmt.Errorf("merge: %s: %s is %d bytes and %s %d, want %d and %d for %v",
 			t.Name, t.Source.Name, t.Source.Len, q.Scale.Name, q.Scale.Len, E*out*g*16, E*out*g, t.Shape)
@@ -48,7 +48,6 @@ func (m *tensor) prepareMXFP4() error {
 	if m.blockRows >= 32 {
 		m.blockRows -= m.blockRows % 32
 	}
-	_ = in
 	m.slabs = newLRU[int, *mxSlab](2 * mxSlabBytes(t.Shape))
 	return nil
 }
