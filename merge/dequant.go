@@ -12,6 +12,9 @@ import (
 // needed: they are small, ⌈rows/b⌉·⌈cols/b⌉ values.
 func (m *tensor) prepareDequant() error {
 	q := m.t.Dequant
+	if q.MXFP4 {
+		return m.prepareMXFP4()
+	}
 	if q.BlockRows <= 0 || q.BlockCols <= 0 {
 		return fmt.Errorf("merge: %s: block size %dx%d", m.t.Name, q.BlockRows, q.BlockCols)
 	}
@@ -47,6 +50,9 @@ func (m *tensor) dequant(r0, r1 int, v []float64) error {
 	q := m.t.Dequant
 	if q == nil {
 		return nil
+	}
+	if q.MXFP4 {
+		return m.mxfp4(r0, r1, v)
 	}
 	s, err := m.scales()
 	if err != nil {

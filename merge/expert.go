@@ -36,7 +36,8 @@ func segments(t *mergeplan.Tensor) ([]segment, error) {
 	cuts = slices.Compact(cuts)
 	cols := t.Cols()
 	isz, osz := int64(size(t.Source.DType)), int64(size(t.DType))
-	if isz == 0 || osz == 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Dequant != nil {
+	mx := t.Dequant != nil && t.Dequant.MXFP4
+	if isz == 0 || osz == 0 || len(t.Patches) > 0 || t.DoRA != nil || (t.Dequant != nil && !mx) {
 		return nil, fmt.Errorf("merge: %s: expert deltas need a float tensor without trained rows, DoRA or block scales", t.Name)
 	}
 	var out []segment
@@ -47,6 +48,12 @@ func segments(t *mergeplan.Tensor) ([]segment, error) {
 		st.Source.Shape = st.Shape
 		st.Source.Offset += r0 * cols * isz
 		st.Source.Len = (r1 - r0) * cols * isz
+		if mx {
+			var err error
+			if st, err = mxSegment(t, r0, r1); err != nil {
+				return nil, err
+			}
+		}
 		st.Deltas = nil
 		experts := map[int]bool{}
 		for _, d := range t.Deltas {

@@ -78,7 +78,11 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 		if t.DoRA != nil && t.DoRA.Axis == mergeplan.PerCol {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
 		}
-		if t.Dequant != nil {
+		switch {
+		case t.Dequant != nil && t.Dequant.MXFP4:
+			// The slab cache keeps two experts, and each job may be reading another.
+			f += int64(opts.Jobs+2) * mxSlabBytes(t.Shape)
+		case t.Dequant != nil:
 			f += t.Dequant.Scale.Rows() * t.Dequant.Scale.Cols() * 8
 		}
 		largest = max(largest, f)
@@ -202,6 +206,9 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 	}
 	if !t.Copy() {
 		m.dec, m.out = decoderFor(t.Source.DType), formatFor(t.DType)
+		if t.Dequant != nil && t.Dequant.MXFP4 {
+			m.dec = func([]float64, []byte) {} // mxfp4 computes the values (dequant)
+		}
 		if m.dec == nil || (m.out == nil && t.Requant == nil && t.ScaleOf == nil) {
 			return nil, fmt.Errorf("merge: %s: cannot compute %s from %s", t.Name, t.DType, t.Source.DType)
 		}

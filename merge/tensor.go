@@ -30,6 +30,7 @@ type tensor struct {
 	rqRows     []rqStat // what survived the requantization, row by row
 	of         *tensor  // for a scale tensor: the requantized weight it belongs to
 	blockRows  int
+	slabs      *lru[int, *mxSlab] // an MXFP4 source's experts as stored (mxfp4.go)
 }
 
 type patch struct {

@@ -37,10 +37,15 @@ var activationScales = []string{".input_scale", ".output_scale", ".k_scale", ".v
 
 // Dequant says how a quantized source tensor becomes real values: element (i, j) is
 // the decoded code times Scale[i / BlockRows, j / BlockCols].
+//
+// With MXFP4 set, Source is an MXFP4 <param>_blocks and Scale its <param>_scales
+// (quant_mxfp4.go): the tensor (E, in, out) is expert by expert the transpose of the
+// stored (E, out, in), whose blocks of BlockRows = 32 run along in.
 type Dequant struct {
 	Scale     Ref // [⌈rows/BlockRows⌉, ⌈cols/BlockCols⌉] of F32, BF16, F16 or F8_E8M0
 	BlockRows int64
 	BlockCols int64
+	MXFP4     bool
 }
 
 // Requant is how a merged tensor is quantized again in the base's geometry: blocks of
@@ -131,7 +136,7 @@ func (b *builder) readQuant(q any) {
 		b.readCompressed(m)
 		return
 	case "mxfp4":
-		b.problem(subject, "is MXFP4 (gpt-oss): hfmerge does not merge into MXFP4 bases yet; use the BF16 release of the model")
+		b.quant = &quantConfig{method: method}
 		return
 	default:
 		b.problem(subject, "quant_method is %q, a format hfmerge does not decode; use the original (unquantized) model as the base", method)
@@ -200,6 +205,10 @@ var scaleDTypes = []safetensors.DType{safetensors.F32, safetensors.BF16, safeten
 // <weight>_scale_inv (looked up in every shard), and drops the scale tensors.
 func (b *builder) dequantize() {
 	q := b.quant
+	if q.method == "mxfp4" {
+		b.dequantizeMXFP4()
+		return
+	}
 	b.p.Quant = &Quantization{Method: q.method, Block: q.block, Mode: string(b.in.Options.Quantized), Bytes: map[string]int64{}}
 	b.dropped = map[string]bool{}
 	for _, name := range sortedKeys(b.base.byName) {
@@ -299,6 +308,17 @@ func (b *builder) quantSizes() {
 	q.Bytes[string(QuantBF16)] = out
 	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
 	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
+	if b.quant.method == "mxfp4" {
+		delete(q.Bytes, string(QuantKeep)) // not built for MXFP4
+		// out is the size in the mode planned; the other differs by the MXFP4 pairs
+		// mixed copies and bf16 dequantizes.
+		kept := b.mxfp4Kept()
+		if b.in.Options.Quantized == QuantMixed {
+			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+kept, out
+		} else {
+			q.Bytes[string(QuantMixed)] = out - kept
+		}
+	}
 }
 
 // settleQuant decides, once the adapter is planned, what --quantized keep and mixed do
@@ -307,6 +327,10 @@ func (b *builder) quantSizes() {
 // scale (mixed). bf16 needs nothing more.
 func (b *builder) settleQuant() {
 	mode := b.in.Options.Quantized
+	if b.quant != nil && b.quant.method == "mxfp4" {
+		b.checkMXFP4()
+		return
+	}
 	if b.quant == nil || mode == QuantBF16 {
 		return
 	}
@@ -412,6 +436,9 @@ func (b *builder) notConvert() {
 		return
 	}
 	keys := []string{"modules_to_not_convert", "ignored_layers"}
+	if b.quant.method == "mxfp4" {
+		keys = []string{"modules_to_not_convert"} // Transformers' Mxfp4HfQuantizer's list
+	}
 	if b.quant.compressed() {
 		keys = []string{"ignore"} // compressed-tensors' list of modules left unquantized
 	}
