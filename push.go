@@ -231,18 +231,10 @@ func holdsMerge(ctx context.Context, t *upload.Target, rev, inputs string) (bool
 	if _, ok := byPath[ProvenanceFile]; !ok {
 		return false, nil
 	}
-	info, err := t.Client.FileInfo(ctx, t.Repo, rev, ProvenanceFile)
+	have, err := hubProvenance(ctx, t, rev)
 	if err != nil {
 		return false, err
 	}
-	if info.Size > 16<<20 {
-		return false, nil
-	}
-	b, err := t.Client.ReadRange(ctx, info, 0, info.Size)
-	if err != nil {
-		return false, err
-	}
-	have := readProvenance(b)
 	if have == nil || have.Inputs != inputs || len(have.Files) == 0 {
 		return false, nil
 	}
