@@ -192,18 +192,27 @@ func (b *bench) run(name string, extra []string, cached bool) {
 	h.ResetStats()
 	floor := max(floorDown, float64(b.changedBytes)/b.up) + first
 	args := append([]string{"push", "--base", "alice/base", "--adapter", adapter, "--repo", "alice/merged", "--progress", "plain"}, extra...)
-	c := exec.Command(b.bin, args...)
+	wall, peak, rss := measure(name, b.bin, args, env, filepath.Join(home, "hf"))
+	st := h.Stats()
+	fmt.Printf("%-28s %8.2f %8.2f %6.2fx %10.1f %10.1f %10.1f %8.1f\n", name, floor, wall, wall/floor,
+		mb(st.BytesDown), mb(st.BytesUp), mb(peak), mb(rss))
+}
+
+// measure runs hfmerge with args, and returns its wall time, the most dir held (sampled
+// every 10 ms) and its peak RSS.
+func measure(name, bin string, args, env []string, dir string) (wall float64, peak, rss int64) {
+	c := exec.Command(bin, args...)
 	c.Env = env
 	var stderr bytes.Buffer
 	c.Stderr = &stderr
 	start := time.Now()
-	var peak, hwm atomic.Int64
+	var disk, hwm atomic.Int64
 	finished, sampling := make(chan struct{}), make(chan struct{})
 	check(c.Start())
 	go func() {
 		defer close(sampling)
 		for {
-			peak.Store(max(peak.Load(), du(filepath.Join(home, "hf"))))
+			disk.Store(max(disk.Load(), du(dir)))
 			hwm.Store(max(hwm.Load(), vmHWM(c.Process.Pid)))
 			select {
 			case <-finished:
@@ -212,8 +221,8 @@ func (b *bench) run(name string, extra []string, cached bool) {
 			}
 		}
 	}()
-	err = c.Wait()
-	wall := time.Since(start).Seconds()
+	err := c.Wait()
+	wall = time.Since(start).Seconds()
 	close(finished)
 	if err != nil {
 		fail(fmt.Sprintf("%s: %v\n%s", name, err, stderr.String()))
@@ -222,10 +231,7 @@ func (b *bench) run(name string, extra []string, cached bool) {
 	if *verbose {
 		fmt.Print(stderr.String())
 	}
-	rss := hwm.Load()
-	st := h.Stats()
-	fmt.Printf("%-28s %8.2f %8.2f %6.2fx %10.1f %10.1f %10.1f %8.1f\n", name, floor, wall, wall/floor,
-		mb(st.BytesDown), mb(st.BytesUp), mb(peak.Load()), mb(rss))
+	return wall, disk.Load(), hwm.Load()
 }
 
 // vmHWM is a process's peak resident set size so far, from /proc. (The rusage of a

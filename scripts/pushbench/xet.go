@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/hfmerge/hfmerge/hub"
@@ -48,40 +46,12 @@ func (b *bench) runXet(name string) {
 		"HF_HOME="+filepath.Join(home, "hf"), "HF_HUB_CACHE="+filepath.Join(home, "cache"), "HOME="+home)
 	h.ResetStats()
 	floor := max(float64(b.changedBytes)/b.down, float64(b.tensorBytes)/b.up)
-	c := exec.Command(b.bin, "push", "--base", "alice/base", "--adapter", filepath.Join(b.dir, "adapter"), "--repo", "alice/merged",
-		"--progress", "plain", "--xet", "on")
-	c.Env = env
-	var stderr bytes.Buffer
-	c.Stderr = &stderr
-	start := time.Now()
-	var peak, hwm atomic.Int64
-	finished, sampling := make(chan struct{}), make(chan struct{})
-	check(c.Start())
-	go func() {
-		defer close(sampling)
-		for {
-			peak.Store(max(peak.Load(), du(filepath.Join(home, "hf"))))
-			hwm.Store(max(hwm.Load(), vmHWM(c.Process.Pid)))
-			select {
-			case <-finished:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
-	err := c.Wait()
-	wall := time.Since(start).Seconds()
-	close(finished)
-	if err != nil {
-		fail(fmt.Sprintf("%s: %v\n%s", name, err, stderr.String()))
-	}
-	<-sampling
-	if *verbose {
-		fmt.Print(stderr.String())
-	}
+	args := []string{"push", "--base", "alice/base", "--adapter", filepath.Join(b.dir, "adapter"), "--repo", "alice/merged",
+		"--progress", "plain", "--xet", "on"}
+	wall, peak, rss := measure(name, b.bin, args, env, filepath.Join(home, "hf"))
 	st, xs := h.Stats(), h.XetStats()
 	fmt.Printf("%-28s %8.2f %8.2f %6.2fx %10.1f %10.1f %10.1f %8.1f\n", name, floor, wall, wall/floor, mb(st.BytesDown), mb(st.BytesUp),
-		mb(peak.Load()), mb(hwm.Load()))
+		mb(peak), mb(rss))
 	fmt.Printf("  through Xet: %.1f MB of xorbs sent for %.1f MB of changed tensors (%.2fx), %.1f MB of shards (what LFS sends)\n",
 		mb(xs.XorbBytes), mb(b.tensorBytes), float64(xs.XorbBytes)/float64(b.tensorBytes), mb(b.total))
 }
