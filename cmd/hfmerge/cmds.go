@@ -11,6 +11,7 @@ import (
 
 	"github.com/hfmerge/hfmerge"
 	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/upload"
 )
 
@@ -26,6 +27,21 @@ func load(ctx context.Context, o *options) (*hfmerge.Inputs, error) {
 		return nil, err
 	}
 	return hfmerge.LoadStack(ctx, base, stack, o.plan)
+}
+
+// planned loads the inputs and plans the merge; a plan with problems is reported and
+// ends the run with status 3.
+func (st *state) planned(ctx context.Context, o *options) (*hfmerge.Inputs, *mergeplan.Plan, error) {
+	l, err := load(ctx, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	p := l.Plan()
+	if err := st.checked(p); err != nil {
+		l.Close()
+		return nil, nil, err
+	}
+	return l, p, nil
 }
 
 func planCmd(c *cli.Context, st *state) error {
@@ -71,15 +87,11 @@ func mergeCmd(c *cli.Context, st *state) error {
 	if out == "" {
 		return usageErr("--out is required")
 	}
-	l, err := load(c.Context, o)
+	l, p, err := st.planned(c.Context, o)
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	p := l.Plan()
-	if err := st.checked(p); err != nil {
-		return err
-	}
 	m := st.meter(o.progress)
 	start := time.Now()
 	err = hfmerge.MergeDir(c.Context, l, p, out, hfmerge.MergeOptions{Merge: o.merge, Force: c.Bool("force"), Log: st.log, Progress: m.event})
@@ -143,15 +155,11 @@ func pushCmd(c *cli.Context, st *state) error {
 		}
 		return err
 	}
-	l, err := load(ctx, o)
+	l, p, err := st.planned(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	p := l.Plan()
-	if err := st.checked(p); err != nil {
-		return err
-	}
 	m := st.meter(o.progress)
 	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"), Card: card,
 		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event})
