@@ -379,23 +379,24 @@ func TestPushLocked(t *testing.T) {
 		return l
 	}
 	target := upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}}
-	// Hold the first push inside its upload: the batch call waits.
-	e.h.Fault(hubtest.Fault{Route: hubtest.RouteBatch, Delay: 2 * time.Second})
+	// Hold the first push once it holds the work dir: its first progress event waits
+	// until the second push has been turned away.
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
 	first := make(chan error, 1)
 	go func() {
 		l := open()
-		_, err := Push(ctx, l, l.Plan(), PushOptions{Target: target, DiskBudget: -1, WorkDir: work})
+		_, err := Push(ctx, l, l.Plan(), PushOptions{Target: target, DiskBudget: -1, WorkDir: work,
+			Progress: func(Event) { once.Do(func() { close(holding); <-release }) }})
 		first <- err
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for e.h.Stats().Requests[hubtest.RouteBatch] == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	<-holding
 	l := open()
 	_, err := Push(ctx, l, l.Plan(), PushOptions{Target: target, DiskBudget: -1, WorkDir: work})
 	if err == nil || !strings.Contains(err.Error(), "another hfmerge") {
 		t.Errorf("second push: %v", err)
 	}
+	close(release)
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
