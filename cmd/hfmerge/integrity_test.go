@@ -294,6 +294,9 @@ func TestPushJournalObjectGone(t *testing.T) {
 func TestPushConcurrent(t *testing.T) {
 	e := newPushEnv(t, smallSpec(), 4, hubtest.WithMultipartChunkSize(128<<10))
 	e.h.Fault(hubtest.Fault{Route: hubtest.RoutePartPut, Delay: 20 * time.Millisecond, Times: -1})
+	// The first push's commit waits: it holds the work dir for at least that long after
+	// its first shard, whatever the machine's speed, while the second one tries.
+	e.h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, Delay: 3 * time.Second})
 	first := e.cmd(aliceWrite, "push", "--base", e.base, "--adapter", e.adapter, "--repo", "alice/merged", "--progress", "plain")
 	stderr, _ := first.StderrPipe()
 	if err := first.Start(); err != nil {
