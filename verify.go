@@ -283,9 +283,6 @@ func (v *verifier) examine(ctx context.Context, s *mergeplan.Shard, e hub.Entry,
 			}
 		}
 	}
-	if sv.Method == "ranges" {
-		sv.Notes = append(sv.Notes, "no Xet chunk information: every tensor downloaded by range and compared")
-	}
 	var hist TensorDiff
 	bad := false
 	for _, wt := range want.Tensors {
