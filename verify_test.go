@@ -182,12 +182,23 @@ func TestVerifyPushed(t *testing.T) {
 // shard uploaded again through Xet (deduplicated against the right merge, as any Xet
 // client does): verify names that tensor, and of that shard downloads its header and
 // no more bytes than the tensor has, through Xet's chunk hashes.
+//
+// Without the right merge on the Hub (fresh), the altered files' own xorbs hold every
+// chunk, and the dedup answer for the shard's first chunk lists them all.
 func TestVerifyAlteredXet(t *testing.T) {
+	for _, fresh := range []bool{false, true} {
+		t.Run(map[bool]string{false: "after-push", true: "fresh"}[fresh], func(t *testing.T) { testVerifyAlteredXet(t, fresh) })
+	}
+}
+
+func testVerifyAlteredXet(t *testing.T, fresh bool) {
 	e := newXetEnv(t)
 	vc := newVerifyCase(t, e.c, verifyProjections, nil)
-	if _, err := Push(context.Background(), vc.l, vc.p, PushOptions{Target: upload.Target{Client: e.c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}},
-		DiskBudget: -1, WorkDir: t.TempDir()}); err != nil {
-		t.Fatal(err)
+	if !fresh {
+		if _, err := Push(context.Background(), vc.l, vc.p, PushOptions{Target: upload.Target{Client: e.c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}},
+			DiskBudget: -1, WorkDir: t.TempDir()}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bad := copyDir(t, vc.merged)
 	const name = "model.layers.1.mlp.down_proj.weight"

@@ -79,6 +79,7 @@ func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev stri
 	tokens := func(ctx context.Context) (xet.Token, error) {
 		tok := first
 		if used {
+			var err error
 			if tok, err = c.XetReadToken(ctx, repo, rev); err != nil {
 				return xet.Token{}, err
 			}
