@@ -64,8 +64,7 @@ type listedXorb struct {
 
 // xetLocalizer finds the ranges of a Hub file not known to equal the expected file.
 type xetLocalizer struct {
-	cas     *xet.Client
-	Queries int // dedup questions asked
+	cas *xet.Client
 }
 
 // newXetLocalizer gets a read token for the repo; ErrNoXet (wrapped) when there is
@@ -106,14 +105,15 @@ func (x *xetLocalizer) unknown(ctx context.Context, fileHash string, exp []expec
 	for _, t := range terms {
 		need[t.Xorb] = true
 	}
+	queries := 0
 	for i, c := range exp {
-		if len(need) == 0 || x.Queries >= maxDedupQueries {
+		if len(need) == 0 || queries >= maxDedupQueries {
 			break
 		}
 		if i > 0 && !c.hash.DedupEligible() {
 			continue
 		}
-		x.Queries++
+		queries++
 		sh, err := x.cas.QueryChunk(ctx, c.hash)
 		if err != nil {
 			return nil, err
