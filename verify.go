@@ -575,23 +575,65 @@ func (v *verifier) provenance(ctx context.Context) (FileVerdict, error) {
 		fv.OK, fv.Note = true, "records these inputs ("+want.Inputs[:16]+")"
 		return fv, nil
 	}
-	var diff []string
-	if got.Base != want.Base {
-		diff = append(diff, fmt.Sprintf("base %s, given %s", idString(got.Base), idString(want.Base)))
+	var diff, notes []string
+	compare := func(what string, g, w SourceID, decisive bool) {
+		switch same, comparable := sameSource(g, w); {
+		case same:
+		case comparable && decisive:
+			diff = append(diff, fmt.Sprintf("%s %s, given %s", what, idString(g), idString(w)))
+		default:
+			notes = append(notes, fmt.Sprintf("%s recorded as %s, given %s (the bytes decide)", what, idString(g), idString(w)))
+		}
 	}
-	if got.Adapter != want.Adapter || !slices.Equal(got.Adapters, want.Adapters) {
-		diff = append(diff, fmt.Sprintf("adapter %s, given %s", idString(got.Adapter), idString(want.Adapter)))
+	// A local base is identified by its files' metadata, which another copy of the same
+	// model does not share; only Hub commits identify a base for certain.
+	compare("base", got.Base, want.Base, got.Base.Repo != "" && want.Base.Repo != "")
+	ga, wa := got.Adapters, want.Adapters
+	if len(ga) == 0 {
+		ga = []WeightedID{{got.Adapter, 1}}
+	}
+	if len(wa) == 0 {
+		wa = []WeightedID{{want.Adapter, 1}}
+	}
+	if len(ga) != len(wa) {
+		diff = append(diff, fmt.Sprintf("%d adapters, given %d", len(ga), len(wa)))
+	} else {
+		for k := range ga {
+			name := "adapter"
+			if len(ga) > 1 {
+				name = fmt.Sprintf("adapter %d", k+1)
+			}
+			compare(name, ga[k].SourceID, wa[k].SourceID, true)
+			if ga[k].Weight != wa[k].Weight {
+				diff = append(diff, fmt.Sprintf("%s weight %g, given %g", name, ga[k].Weight, wa[k].Weight))
+			}
+		}
 	}
 	if !maps.Equal(got.Options, want.Options) {
 		diff = append(diff, fmt.Sprintf("options %v, given %v", got.Options, want.Options))
 	}
-	if len(diff) == 0 {
-		// Only the tool's version differs: the digest covers it, the inputs are these.
-		fv.OK, fv.Note = true, fmt.Sprintf("records these inputs, made by %s (this is %s)", got.Tool, want.Tool)
+	if len(diff) > 0 {
+		fv.Note = "records other inputs: " + joinComma(diff)
 		return fv, nil
 	}
-	fv.Note = "records other inputs: " + joinComma(diff)
+	fv.OK, fv.Note = true, fmt.Sprintf("records these inputs, made by %s (this is %s)", got.Tool, want.Tool)
+	if len(notes) > 0 {
+		fv.Note += "; " + joinComma(notes)
+	}
 	return fv, nil
+}
+
+// sameSource says whether two identities name the same content, and whether they can
+// be compared at all: Hub repos by repo and commit (not the revision's name), local
+// directories by digest; a Hub repo and a directory cannot be.
+func sameSource(a, b SourceID) (same, comparable bool) {
+	switch {
+	case a.Repo != "" && b.Repo != "":
+		return a.Repo == b.Repo && a.Commit == b.Commit, true
+	case a.Repo == "" && b.Repo == "":
+		return a.Digest == b.Digest, true
+	}
+	return false, false
 }
 
 func idString(id SourceID) string {

@@ -53,7 +53,7 @@ func (vc *verifyCase) verify(t *testing.T, c *hub.Client, repo string, tol uint6
 }
 
 // copyDir copies the files of a merged model to a new directory.
-func copyDir(t *testing.T, dir string) string {
+func copyDir(t testing.TB, dir string) string {
 	t.Helper()
 	out := t.TempDir()
 	entries, err := os.ReadDir(dir)
@@ -73,7 +73,7 @@ func copyDir(t *testing.T, dir string) string {
 }
 
 // tensorAt finds the shard file holding a tensor and its header.
-func tensorAt(t *testing.T, p *mergeplan.Plan, dir, name string) (string, *safetensors.Header, *safetensors.Tensor) {
+func tensorAt(t testing.TB, p *mergeplan.Plan, dir, name string) (string, *safetensors.Header, *safetensors.Tensor) {
 	t.Helper()
 	for _, s := range p.Shards {
 		f, err := os.Open(filepath.Join(dir, s.Name))
@@ -95,7 +95,7 @@ func tensorAt(t *testing.T, p *mergeplan.Plan, dir, name string) (string, *safet
 }
 
 // alterTensor adds one ulp to the element in the middle of a tensor of a merged model.
-func alterTensor(t *testing.T, p *mergeplan.Plan, dir, name string) (shard string, h *safetensors.Header, ti *safetensors.Tensor) {
+func alterTensor(t testing.TB, p *mergeplan.Plan, dir, name string) (shard string, h *safetensors.Header, ti *safetensors.Tensor) {
 	t.Helper()
 	shard, h, ti = tensorAt(t, p, dir, name)
 	path := filepath.Join(dir, shard)
