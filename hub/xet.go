@@ -53,6 +53,26 @@ func (c *Client) XetWriteToken(ctx context.Context, r Repo, rev string, pr bool)
 	return t, nil
 }
 
+// XetReadToken asks for a CAS read token for rev of a repo (GET
+// /api/{type}s/{repo}/xet-read-token/{rev}; spec auth.md): what reading a Xet file's
+// reconstruction and the global dedup index needs. ErrNoXet when the Hub has none.
+func (c *Client) XetReadToken(ctx context.Context, r Repo, rev string) (XetToken, error) {
+	if rev == "" {
+		rev = "main"
+	}
+	u := c.apiURL(r.apiPath()+"/xet-read-token/"+escapeRev(rev), nil)
+	t, err := c.fetchXetToken(ctx, u)
+	var he *HTTPError
+	if errors.As(err, &he) && (he.Status == http.StatusNotFound || he.Status == http.StatusNotImplemented) {
+		return XetToken{}, fmt.Errorf("%w (%w)", ErrNoXet, err)
+	}
+	if err != nil {
+		return XetToken{}, err
+	}
+	t.RefreshURL = u.String()
+	return t, nil
+}
+
 // RefreshXetToken fetches a fresh token from a refresh URL (a batch action's href).
 // The URL must be on the Hub's own host: it gets the Hub token.
 func (c *Client) RefreshXetToken(ctx context.Context, href string) (XetToken, error) {
