@@ -277,10 +277,13 @@ func isFP8(d safetensors.DType) bool { return d == safetensors.F8E4M3 || d == sa
 
 func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
 
-// quantSizes works out the output's tensor bytes in each mode from the plan: bf16
-// writes every dequantized weight in its output dtype and no scales; keep writes the
-// base's bytes; mixed writes touched quantized weights in BF16 without their scales,
-// and everything else as the base has it. Tensors the adapter adds count in each.
+// quantSizes works out the output's tensor bytes in each mode from the plan. The mode
+// planned is the layout's sum; the others differ from it only in the quantized weights,
+// their scales and (compressed-tensors) activation scales: bf16 writes every quantized
+// weight in BF16 (or --dtype) without its scales; keep writes them as the base has them
+// (a requantized weight and its new scales have the base's sizes); mixed writes the ones
+// mixedBF16 names in BF16 and the rest as the base has them. Tensors the adapter adds,
+// and the BF16 tensors --dtype converts, count the same in each.
 func (b *builder) quantSizes() {
 	q := b.p.Quant
 	if q == nil {
@@ -291,34 +294,103 @@ func (b *builder) quantSizes() {
 			q.BaseBytes += t.Len()
 		}
 	}
-	var out, added, mixedExtra int64
+	var out int64
+	planned := map[string]int64{} // the bytes the planned mode writes, by tensor
 	for _, s := range b.p.Shards {
 		for i, t := range s.Tensors {
 			n := s.Layout.Tensors[i].Len()
 			out += n
-			if t.New {
-				added += n
-				continue
-			}
-			if t.Dequant != nil && (len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil) {
-				mixedExtra += t.Rows()*t.Cols()*2 - t.Source.Len - t.Dequant.Scale.Len
-			}
+			planned[t.Name] = n
 		}
 	}
-	q.Bytes[string(QuantBF16)] = out
-	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
-	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
 	if b.quant.method == "mxfp4" {
-		delete(q.Bytes, string(QuantKeep)) // not built for MXFP4
+		q.Bytes[string(QuantBF16)] = out
 		// out is the size in the mode planned; the other differs by the MXFP4 pairs
-		// mixed copies and bf16 dequantizes.
+		// mixed copies and bf16 dequantizes. keep is not built for MXFP4.
 		kept := b.mxfp4Kept()
 		if b.in.Options.Quantized == QuantMixed {
 			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+kept, out
 		} else {
 			q.Bytes[string(QuantMixed)] = out - kept
 		}
+		return
 	}
+	esz := int64(2) // BF16, or what --dtype makes of it
+	if d := b.in.Options.DType.dtype(); d != "" {
+		esz = int64(d.Bits() / 8)
+	}
+	mixed := b.mixedBF16()
+	modes := []QuantMode{QuantBF16, QuantKeep, QuantMixed}
+	size := map[QuantMode]int64{}
+	for _, m := range modes {
+		size[m] = out
+	}
+	for _, name := range sortedKeys(b.base.byName) {
+		w := b.base.byName[name].Ref
+		if !isFP8(w.DType) || len(w.Shape) != 2 {
+			continue
+		}
+		sc, ok := b.base.byName[name+b.quant.suffix]
+		if !ok {
+			continue
+		}
+		quantized := w.Len + sc.Ref.Len
+		var acts []string // the module's activation scales in the base
+		module := strings.TrimSuffix(name, ".weight")
+		if b.quant.compressed() {
+			for _, a := range activationScales {
+				if at, ok := b.base.byName[module+a]; ok {
+					acts = append(acts, at.Ref.Name)
+					quantized += at.Ref.Len
+				}
+			}
+		}
+		now := planned[name] + planned[name+b.quant.suffix]
+		for _, a := range acts {
+			now += planned[a]
+		}
+		dense := w.Shape[0] * w.Shape[1] * esz
+		for _, m := range modes {
+			bf16 := m == QuantBF16 || (m == QuantMixed && mixed[name])
+			if bf16 {
+				size[m] += dense - now
+			} else {
+				size[m] += quantized - now
+			}
+		}
+	}
+	for _, m := range modes {
+		q.Bytes[string(m)] = size[m]
+	}
+}
+
+// mixedBF16 names the quantized weights --quantized mixed writes in BF16: those the
+// adapter changes, and every expert of an experts module (expertsModule) one of whose
+// experts it changes.
+func (b *builder) mixedBF16() map[string]bool {
+	out := map[string]bool{}
+	experts := map[string]bool{}
+	for name, t := range b.outs {
+		if bt, ok := b.base.byName[name]; ok && isFP8(bt.Ref.DType) && changes(t) {
+			out[name] = true
+			if em, ok := expertsModule(name); ok {
+				experts[em] = true
+			}
+		}
+	}
+	for name := range b.outs {
+		if bt, ok := b.base.byName[name]; ok && isFP8(bt.Ref.DType) {
+			if em, ok := expertsModule(name); ok && experts[em] {
+				out[name] = true
+			}
+		}
+	}
+	return out
+}
+
+// changes reports whether the adapter changes an output tensor.
+func changes(t *Tensor) bool {
+	return len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
 }
 
 // settleQuant decides, once the adapter is planned, what --quantized keep and mixed do
@@ -334,6 +406,10 @@ func (b *builder) settleQuant() {
 	if b.quant == nil || mode == QuantBF16 {
 		return
 	}
+	var bf16 map[string]bool
+	if mode == QuantMixed {
+		bf16 = b.mixedBF16()
+	}
 	for _, name := range sortedKeys(b.outs) {
 		t := b.outs[name]
 		bt, inBase := b.base.byName[name]
@@ -342,7 +418,15 @@ func (b *builder) settleQuant() {
 		}
 		scale := name + b.quant.suffix
 		module := strings.TrimSuffix(name, ".weight")
-		touched := len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
+		touched := changes(t)
+		if em, isExpert := expertsModule(name); isExpert && bf16[name] {
+			// mixed: the experts of one module are all BF16 or none (expertsModule).
+			module = em
+			if !touched {
+				t.Reason = "dequantized exactly, written in BF16 with the other experts of " + em + " (modules_to_not_convert)"
+				continue // Dequant stays; its scale and activation scales stay dropped
+			}
+		}
 		if !touched || mode == QuantKeep {
 			// The module stays quantized: its activation scales stay too.
 			for _, s := range activationScales {
@@ -375,7 +459,9 @@ func (b *builder) settleQuant() {
 			b.p.Quant.Requantized = append(b.p.Quant.Requantized, name)
 		case QuantMixed:
 			t.Reason = "merged, written in BF16 (modules_to_not_convert)"
-			b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, module)
+			if !slices.Contains(b.p.Quant.NotConverted, module) {
+				b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, module)
+			}
 		}
 	}
 	if mode == QuantMixed {
@@ -387,6 +473,23 @@ func (b *builder) settleQuant() {
 	for _, s := range b.p.Quant.Scales {
 		b.scaleNames[s.Name] = true
 	}
+}
+
+// expertsModule is the module holding the per-expert weight name: for
+// model.layers.3.mlp.experts.17.gate_proj.weight (DeepSeek-V3, Qwen3-MoE) or
+// model.layers.3.block_sparse_moe.experts.17.w1.weight (MiniMax-M2), the module up to
+// "experts". Loaders hold these experts as one layer whose weights share one precision:
+// vLLM's FusedMoE is skipped as a whole when any ignored_layers entry holding "experts"
+// contains its prefix (quant_utils.is_layer_skipped), and Transformers v5 fuses them into
+// one module. So mixed writes them all in BF16 and names the experts module.
+func expertsModule(name string) (string, bool) {
+	parts := strings.Split(name, ".")
+	for i := 0; i+1 < len(parts); i++ {
+		if parts[i] == "experts" && parts[i+1] != "" && strings.Trim(parts[i+1], "0123456789") == "" {
+			return strings.Join(parts[:i+1], "."), true
+		}
+	}
+	return "", false
 }
 
 // fusedGroups are the projections vLLM loads as one fused layer, which must all have
