@@ -2,6 +2,7 @@ package mergeplan_test
 
 import (
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 
@@ -285,4 +286,63 @@ func TestCompressedFP8Refusals(t *testing.T) {
 	m.Split(1)
 	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
 		"model.layers.0.mlp.up_proj.weight_zero_point", "symmetric FP8 weights only")
+}
+
+// TestQuantSizesAgree: planned in any of the three modes, a quantized base reports the
+// same tensor bytes for each mode, and the planned mode's figure is its layout's sum:
+// block FP8 with an expert touched (mixed writes all experts of that layer in BF16),
+// and compressed-tensors with its activation scales.
+func TestQuantSizesAgree(t *testing.T) {
+	moe := func() *fixture.Model {
+		m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 24, Experts: 3, Layers: 2, Vocab: 40,
+			Layout: fixture.PerExpert, DType: safetensors.BF16, Seed: 5})
+		m.BlockFP8([2]int64{16, 16}, safetensors.F8E8M0, 6)
+		m.Split(2)
+		return m
+	}
+	compressed := func() *fixture.Model {
+		m := small(false)
+		m.CompressedFP8("channel", safetensors.BF16, 3)
+		m.Split(2)
+		return m
+	}
+	for what, c := range map[string]struct {
+		m       func() *fixture.Model
+		modules []string
+	}{
+		"fp8 experts":        {moe, []string{"model.layers.1.mlp.experts.2.up_proj", "model.layers.0.self_attn.q_proj"}},
+		"compressed-tensors": {compressed, []string{"model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"}},
+	} {
+		t.Run(what, func(t *testing.T) {
+			var first map[string]int64
+			for _, mode := range []mergeplan.QuantMode{mergeplan.QuantBF16, mergeplan.QuantKeep, mergeplan.QuantMixed} {
+				m := c.m()
+				a := fixture.NewAdapter(4, 4)
+				for _, mod := range c.modules {
+					lora(m, a, mod, 4)
+				}
+				p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mode}))
+				if !p.OK() {
+					t.Fatalf("%s: %v", mode, p.Problems)
+				}
+				var sum int64
+				for _, s := range p.Shards {
+					for _, x := range s.Layout.Tensors {
+						sum += x.Len()
+					}
+				}
+				if got := p.Quant.Bytes[string(mode)]; got != sum {
+					t.Errorf("planned %s: the plan says %d bytes, its layout holds %d", mode, got, sum)
+				}
+				if first == nil {
+					first = p.Quant.Bytes
+					if first["bf16"] <= first["mixed"] || first["mixed"] <= first["keep"] {
+						t.Errorf("sizes %v: want bf16 > mixed > keep", first)
+					}
+				} else if !maps.Equal(first, p.Quant.Bytes) {
+					t.Errorf("planned %s: sizes %v; planned bf16: %v", mode, p.Quant.Bytes, first)
+				}
+			}
+		})
+	}
 }
