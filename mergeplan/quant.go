@@ -1,6 +1,7 @@
 package mergeplan
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -93,6 +94,26 @@ type quantConfig struct {
 }
 
 func (q *quantConfig) compressed() bool { return q.method == "compressed-tensors" }
+
+// CheckQuantMode says why --quantized keep or mixed cannot apply to a base with this
+// config.json: they choose what a quantized base's merge writes, and one without
+// quantization_config has nothing quantized to keep (bf16, the default, is no choice
+// there, so it passes). Silently merging as if it were not given would leave the user
+// believing the output was quantized.
+func CheckQuantMode(config []byte, mode QuantMode) error {
+	if mode != QuantKeep && mode != QuantMixed {
+		return nil
+	}
+	var conf map[string]any
+	if len(config) > 0 && json.Unmarshal(config, &conf) != nil {
+		return nil // the plan reports the broken config.json
+	}
+	if q, ok := conf["quantization_config"]; ok && q != nil {
+		return nil
+	}
+	return fmt.Errorf("--quantized %s applies to quantized bases, and this one has no quantization_config in config.json; "+
+		"leave --quantized out to merge it as it is", mode)
+}
 
 // refusedMethods are quantization formats hfmerge does not decode, with what to do.
 var refusedMethods = map[string]string{
