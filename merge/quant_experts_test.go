@@ -310,7 +310,7 @@ func TestFP8ExpertsReferenceCatchesWrongMerges(t *testing.T) {
 			return out
 		},
 		"block index transposed": func(name string, _, delta []float64, _ int) []float64 {
-			W := dequantRef(m, name, c.block, func(bi, bj, sr, _ int) int { return (bj*sr + bi) % (sr * int(m.Tensor(name+"_scale_inv").Shape[1])) })
+			W := dequantRef(m, name, c.block, func(bi, bj, sr, _ int) int { return (bj*sr + bi) % (sr * int(m.Tensor(name + "_scale_inv").Shape[1])) })
 			out := make([]float64, len(W))
 			for i := range W {
 				out[i] = fixture.RoundBF16(W[i] + delta[i])
