@@ -258,16 +258,19 @@ func (b *builder) dequantize() {
 			b.problem(subject, "is %s; block-FP8 (quant_method fp8) weights are F8_E4M3", ref.DType)
 			continue
 		}
+		if len(ref.Shape) != 2 {
+			// Fused experts (E, out, in) in FP8 are Transformers' in-memory FP8Expert
+			// layout; the released FP8 MoE checkpoints store each expert's weights
+			// apart (docs/quantized.md, "FP8 experts").
+			b.problem(subject, "has shape %s; hfmerge dequantizes 2-D block-FP8 weights only (per-expert FP8 experts are read; fused 3-D FP8 experts are not built)", shapeString(ref.Shape))
+			continue
+		}
 		st, ok := b.base.byName[name+q.suffix]
 		if !ok {
 			b.problem(subject, "is an F8_E4M3 weight without its scale %s%s in any shard; the base is incomplete", name, q.suffix)
 			continue
 		}
 		sref := st.Ref
-		if len(ref.Shape) != 2 {
-			b.problem(subject, "has shape %s; hfmerge dequantizes 2-D block-FP8 weights only", shapeString(ref.Shape))
-			continue
-		}
 		if !slices.Contains(scaleDTypes, sref.DType) {
 			b.problem(sref.File+": "+sref.Name, "is %s; a block scale is F32, BF16, F16 or F8_E8M0", sref.DType)
 			continue

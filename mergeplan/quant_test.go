@@ -346,3 +346,49 @@ func TestQuantSizesAgree(t *testing.T) {
 		})
 	}
 }
+
+// TestQuantizedAdapterRefusals: DoRA on a quantized base is merged in bf16 only, keep
+// refuses a full trained copy of a quantized weight, and a fused 3-D FP8 expert tensor
+// is refused by name.
+func TestQuantizedAdapterRefusals(t *testing.T) {
+	for _, mode := range []mergeplan.QuantMode{mergeplan.QuantKeep, mergeplan.QuantMixed} {
+		m := fp8Small(safetensors.F32)
+		a := fixture.NewAdapter(4, 4)
+		lora(m, a, "model.layers.1.mlp.down_proj", 4)
+		a.Config["use_dora"] = true
+		a.Add(fixture.Key("model.layers.1.mlp.down_proj", "lora_magnitude_vector"), safetensors.F32, 1, fixture.NewRand(3), 32)
+		expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mode})),
+			"model.layers.1.mlp.down_proj.weight", "DoRA", "--quantized bf16 only")
+		if p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantBF16})); !p.OK() {
+			t.Errorf("DoRA in bf16: %v", p.Problems)
+		}
+	}
+	// A full trained copy of a quantized weight: keep cannot requantize it.
+	m0 := fp8Small(safetensors.F32)
+	a0 := fixture.NewAdapter(4, 4)
+	lora(m0, a0, "model.layers.0.self_attn.q_proj", 4)
+	a0.Config["modules_to_save"] = []string{"down_proj"}
+	a0.Add("base_model.model.model.layers.1.mlp.down_proj.weight", safetensors.BF16, 0.02, fixture.NewRand(4), 32, 64)
+	expectProblem(t, mergeplan.Build(input(t, m0, a0, mergeplan.Options{Quantized: mergeplan.QuantKeep})),
+		"model.layers.1.mlp.down_proj.weight", "trained copy", "keep cannot requantize a replacement, use bf16 or mixed")
+	if p := mergeplan.Build(input(t, m0, a0, mergeplan.Options{Quantized: mergeplan.QuantMixed})); !p.OK() {
+		t.Errorf("a trained copy in mixed: %v", p.Problems)
+	}
+	// Transformers' FP8Expert layout: gate_up_proj (E, 2I, H) in F8_E4M3 with
+	// gate_up_proj_scales_inv (E, ⌈2I/b⌉, ⌈H/b⌉).
+	m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 16, Experts: 2, Layers: 1, Vocab: 40,
+		Layout: fixture.Fused, DType: safetensors.BF16, Seed: 5})
+	m.BlockFP8([2]int64{16, 16}, safetensors.F32, 6)
+	gu := m.Tensor("model.layers.0.mlp.experts.gate_up_proj")
+	gu.DType = safetensors.F8E4M3
+	for i := range gu.Values {
+		gu.Values[i] = 1
+	}
+	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.layers.0.mlp.experts.gate_up_proj_scales_inv", DType: safetensors.F32,
+		Shape: []int64{2, 2, 2}, Values: make([]float64, 8)})
+	m.Split(1)
+	a := fixture.NewAdapter(4, 4)
+	lora(m, a, "model.layers.0.self_attn.q_proj", 4)
+	expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{})),
+		"model.layers.0.mlp.experts.gate_up_proj", "has shape (2, 32, 32)", "2-D block-FP8 weights only", "fused 3-D FP8 experts are not built")
+}

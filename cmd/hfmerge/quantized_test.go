@@ -184,3 +184,32 @@ func shardOf(m *fixture.Model, name string) string {
 	}
 	return ""
 }
+
+// TestQuantizedRefusedAtCLI: the quantization formats hfmerge does not decode end a
+// merge with status 3, naming the format and what to do instead, and write nothing.
+func TestQuantizedRefusedAtCLI(t *testing.T) {
+	for _, c := range []struct {
+		q    map[string]any
+		want []string
+	}{
+		{map[string]any{"quant_method": "bitsandbytes", "load_in_4bit": true}, []string{"quantization_config", "bitsandbytes", "original BF16 model"}},
+		{map[string]any{"quant_method": "gptq", "bits": 4}, []string{"GPTQ", "original BF16 model"}},
+		{map[string]any{"quant_method": "awq", "bits": 4}, []string{"AWQ", "original BF16 model"}},
+		{map[string]any{"quant_method": "compressed-tensors", "format": "pack-quantized"}, []string{"pack-quantized", "INT4", "original BF16 model"}},
+	} {
+		t.Run(c.q["quant_method"].(string), func(t *testing.T) {
+			base, adapter := inputs(t, func(m *fixture.Model, _ *fixture.Adapter) { m.Config["quantization_config"] = c.q })
+			out := filepath.Join(t.TempDir(), "out")
+			code, _, stderr := runBin(t, "merge", "--base", base, "--adapter", adapter, "--out", out, "--progress", "none")
+			if code != exitProblems {
+				t.Errorf("exit status %d, want %d:\n%s", code, exitProblems, stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr does not mention %q:\n%s", w, stderr)
+				}
+			}
+			noShards(t, out)
+		})
+	}
+}
