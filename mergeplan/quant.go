@@ -490,6 +490,13 @@ func (b *builder) settleQuant() {
 	}
 	if mode == QuantMixed {
 		b.fusedWarning()
+		for _, m := range b.p.Quant.NotConverted {
+			if strings.HasSuffix(m, ".experts") && !strings.HasSuffix(m, ".mlp.experts") {
+				b.warn(m, "is written in BF16 and named so in ignored_layers, but vLLM may know this layer by another name "+
+					"(its minimax_m2.py loads block_sparse_moe.experts as model.layers.N.mlp.experts) and then loads the BF16 "+
+					"experts as FP8; Transformers reads modules_to_not_convert by the checkpoint's names. For vLLM, check, or use --quantized bf16")
+			}
+		}
 	}
 	// Untouched BF16 scales keep their dtype whatever --dtype says: they belong to
 	// quantized weights.

@@ -392,3 +392,49 @@ func TestQuantizedAdapterRefusals(t *testing.T) {
 	expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{})),
 		"model.layers.0.mlp.experts.gate_up_proj", "has shape (2, 32, 32)", "2-D block-FP8 weights only", "fused 3-D FP8 experts are not built")
 }
+
+// TestMixedExpertsPlan: mixed names the experts module of a layer whose experts the
+// adapter touches, writes all of its experts in BF16 and no other layer's, and warns
+// where vLLM's name for the layer may differ from the checkpoint's (MiniMax-M2).
+func TestMixedExpertsPlan(t *testing.T) {
+	for _, layout := range []fixture.ExpertLayout{fixture.PerExpert, fixture.MixtralPerExpert} {
+		m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 24, Experts: 3, Layers: 2, Vocab: 40,
+			Layout: layout, DType: safetensors.BF16, Seed: 5})
+		m.BlockFP8([2]int64{16, 16}, safetensors.F32, 6)
+		m.Split(2)
+		experts, one := "model.layers.1.mlp.experts", "model.layers.1.mlp.experts.2.up_proj"
+		if layout == fixture.MixtralPerExpert {
+			experts, one = "model.layers.1.block_sparse_moe.experts", "model.layers.1.block_sparse_moe.experts.2.w3"
+		}
+		a := fixture.NewAdapter(4, 4)
+		lora(m, a, one, 4)
+		p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantMixed}))
+		if !p.OK() {
+			t.Fatalf("problems: %v", p.Problems)
+		}
+		if got := p.Quant.NotConverted; len(got) != 1 || got[0] != experts {
+			t.Errorf("mixed names %v, want [%s]", got, experts)
+		}
+		for _, s := range p.Shards {
+			for _, x := range s.Tensors {
+				fp8 := m.Tensor(x.Name).DType == safetensors.F8E4M3
+				inModule := strings.HasPrefix(x.Name, experts+".")
+				switch {
+				case fp8 && inModule && (x.DType != safetensors.BF16 || x.Dequant == nil):
+					t.Errorf("%s is planned as %s, but its experts module is written in BF16", x.Name, x.DType)
+				case fp8 && !inModule && !x.Copy():
+					t.Errorf("%s is not a copy", x.Name)
+				case strings.HasSuffix(x.Name, "_scale_inv") && inModule:
+					t.Errorf("%s is in the output", x.Name)
+				}
+			}
+		}
+		warned := false
+		for _, w := range p.Warnings {
+			warned = warned || strings.Contains(w.String(), "vLLM may know this layer by another name")
+		}
+		if warned != (layout == fixture.MixtralPerExpert) {
+			t.Errorf("%s: the vLLM naming warning is %v: %v", experts, warned, p.Warnings)
+		}
+	}
+}
