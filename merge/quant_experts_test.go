@@ -91,12 +91,37 @@ func perModuleCase(scale safetensors.DType, seed uint64) fp8ExpertCase {
 	return c
 }
 
+// rsLoRAPatternCase: rsLoRA with a rank pattern and an alpha pattern on two experts of
+// layer 1: expert 0's gate_proj at rank 2 by pattern, every down_proj at alpha 3.
+func rsLoRAPatternCase(scale safetensors.DType, seed uint64) fp8ExpertCase {
+	m := fp8MoE(fixture.PerExpert, scale, seed)
+	a := fixture.NewAdapter(4, 8, "gate_proj", "down_proj")
+	a.Config["use_rslora"] = true
+	a.Config["rank_pattern"] = map[string]any{`experts\.0\.gate_proj`: 2}
+	a.Config["alpha_pattern"] = map[string]any{"down_proj": 3}
+	rnd := fixture.NewRand(seed + 2)
+	c := fp8ExpertCase{m: m, a: a, block: [2]int64{16, 16}, deltas: map[string][]refDelta{},
+		modules: []string{"model.layers.1.mlp.experts"}}
+	for _, x := range []struct {
+		mod   string
+		r     int
+		alpha float64
+	}{{"model.layers.1.mlp.experts.0.gate_proj", 2, 8}, {"model.layers.1.mlp.experts.3.down_proj", 4, 3}} {
+		w := m.Tensor(x.mod + ".weight")
+		a.Linear(x.mod, w.Shape[0], w.Shape[1], x.r, safetensors.F32, rnd)
+		c.deltas[x.mod+".weight"] = []refDelta{linearDelta(x.alpha/math.Sqrt(float64(x.r)), x.r,
+			a.Tensor(fixture.Key(x.mod, "lora_A.weight")), a.Tensor(fixture.Key(x.mod, "lora_B.weight")))}
+	}
+	return c
+}
+
 func fp8ExpertCases() map[string]fp8ExpertCase {
 	return map[string]fp8ExpertCase{
-		"deepseek/expert-lora/ue8m0": expertLoRACase(fixture.PerExpert, safetensors.F8E8M0, 51),
-		"deepseek/expert-lora/f32":   expertLoRACase(fixture.PerExpert, safetensors.F32, 52),
-		"minimax/expert-lora/bf16":   expertLoRACase(fixture.MixtralPerExpert, safetensors.BF16, 53),
-		"qwen3/per-module/f16":       perModuleCase(safetensors.F16, 54),
+		"deepseek/expert-lora/ue8m0":  expertLoRACase(fixture.PerExpert, safetensors.F8E8M0, 51),
+		"deepseek/expert-lora/f32":    expertLoRACase(fixture.PerExpert, safetensors.F32, 52),
+		"minimax/expert-lora/bf16":    expertLoRACase(fixture.MixtralPerExpert, safetensors.BF16, 53),
+		"qwen3/per-module/f16":        perModuleCase(safetensors.F16, 54),
+		"qwen3/rslora-patterns/ue8m0": rsLoRAPatternCase(safetensors.F8E8M0, 55),
 	}
 }
 

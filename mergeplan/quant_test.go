@@ -374,8 +374,8 @@ func TestQuantizedAdapterRefusals(t *testing.T) {
 	if p := mergeplan.Build(input(t, m0, a0, mergeplan.Options{Quantized: mergeplan.QuantMixed})); !p.OK() {
 		t.Errorf("a trained copy in mixed: %v", p.Problems)
 	}
-	// Transformers' FP8Expert layout: gate_up_proj (E, 2I, H) in F8_E4M3 with
-	// gate_up_proj_scales_inv (E, ⌈2I/b⌉, ⌈H/b⌉).
+	// Transformers v5's FP8Experts layout: gate_up_proj (E, 2I, H) in F8_E4M3 with
+	// gate_up_proj_scale_inv (E, ⌈2I/b⌉, ⌈H/b⌉).
 	m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 16, Experts: 2, Layers: 1, Vocab: 40,
 		Layout: fixture.Fused, DType: safetensors.BF16, Seed: 5})
 	m.BlockFP8([2]int64{16, 16}, safetensors.F32, 6)
@@ -384,7 +384,7 @@ func TestQuantizedAdapterRefusals(t *testing.T) {
 	for i := range gu.Values {
 		gu.Values[i] = 1
 	}
-	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.layers.0.mlp.experts.gate_up_proj_scales_inv", DType: safetensors.F32,
+	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.layers.0.mlp.experts.gate_up_proj_scale_inv", DType: safetensors.F32,
 		Shape: []int64{2, 2, 2}, Values: make([]float64, 8)})
 	m.Split(1)
 	a := fixture.NewAdapter(4, 4)
