@@ -314,33 +314,35 @@ func TestQuantSizesAgree(t *testing.T) {
 		"compressed-tensors": {compressed, []string{"model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"}},
 	} {
 		t.Run(what, func(t *testing.T) {
-			var first map[string]int64
+			first := map[mergeplan.DTypeChoice]map[string]int64{}
 			for _, mode := range []mergeplan.QuantMode{mergeplan.QuantBF16, mergeplan.QuantKeep, mergeplan.QuantMixed} {
-				m := c.m()
-				a := fixture.NewAdapter(4, 4)
-				for _, mod := range c.modules {
-					lora(m, a, mod, 4)
-				}
-				p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mode}))
-				if !p.OK() {
-					t.Fatalf("%s: %v", mode, p.Problems)
-				}
-				var sum int64
-				for _, s := range p.Shards {
-					for _, x := range s.Layout.Tensors {
-						sum += x.Len()
+				for _, dt := range []mergeplan.DTypeChoice{"", mergeplan.ToF32} {
+					m := c.m()
+					a := fixture.NewAdapter(4, 4)
+					for _, mod := range c.modules {
+						lora(m, a, mod, 4)
 					}
-				}
-				if got := p.Quant.Bytes[string(mode)]; got != sum {
-					t.Errorf("planned %s: the plan says %d bytes, its layout holds %d", mode, got, sum)
-				}
-				if first == nil {
-					first = p.Quant.Bytes
-					if first["bf16"] <= first["mixed"] || first["mixed"] <= first["keep"] {
-						t.Errorf("sizes %v: want bf16 > mixed > keep", first)
+					p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mode, DType: dt}))
+					if !p.OK() {
+						t.Fatalf("%s: %v", mode, p.Problems)
 					}
-				} else if !maps.Equal(first, p.Quant.Bytes) {
-					t.Errorf("planned %s: sizes %v; planned bf16: %v", mode, p.Quant.Bytes, first)
+					var sum int64
+					for _, s := range p.Shards {
+						for _, x := range s.Layout.Tensors {
+							sum += x.Len()
+						}
+					}
+					if got := p.Quant.Bytes[string(mode)]; got != sum {
+						t.Errorf("planned %s --dtype %q: the plan says %d bytes, its layout holds %d", mode, dt, got, sum)
+					}
+					if first[dt] == nil {
+						first[dt] = p.Quant.Bytes
+						if f := first[dt]; f["bf16"] <= f["mixed"] || f["mixed"] <= f["keep"] {
+							t.Errorf("sizes %v: want bf16 > mixed > keep", f)
+						}
+					} else if !maps.Equal(first[dt], p.Quant.Bytes) {
+						t.Errorf("planned %s --dtype %q: sizes %v; planned bf16: %v", mode, dt, p.Quant.Bytes, first[dt])
+					}
 				}
 			}
 		})
