@@ -56,6 +56,10 @@ func LoadStack(ctx context.Context, base Source, stack []StackedAdapter, opts me
 		l.Close()
 		return nil, fmt.Errorf("reading %s and %s: %w", base, l.adapterNames(), err)
 	}
+	if err := mergeplan.CheckQuantMode(l.in.Config, opts.Quantized); err != nil {
+		l.Close()
+		return nil, &UsageError{fmt.Errorf("--base %s: %w", base, err)}
+	}
 	return l, nil
 }
 

@@ -3,6 +3,8 @@ package hfmerge
 import (
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 )
 
 // Print writes the report for a person.
@@ -40,10 +42,14 @@ func (r *Report) Print(w io.Writer) {
 			if old == nil {
 				old = "(absent)"
 			}
-			if _, ok := old.(map[string]any); ok {
-				old = "{...}"
+			if m, ok := old.(map[string]any); ok {
+				old = describeObject(e.Key, m)
 			}
-			fmt.Fprintf(w, "  %s: %v -> %v\n", e.Key, old, e.New)
+			var now any = e.New
+			if now == nil {
+				now = "(removed)"
+			}
+			fmt.Fprintf(w, "  %s: %v -> %v\n", e.Key, old, now)
 		}
 	}
 	if len(r.Shards) > 0 {
@@ -80,7 +86,11 @@ func printQuant(w io.Writer, r *Report) {
 	if q == nil {
 		return
 	}
-	fmt.Fprintf(w, "\nquantized base: %s, blocks %dx%d, %d scale tensors read; --quantized %s\n", q.Method, q.Block[0], q.Block[1], len(q.Scales), q.Mode)
+	blocks := "" // compressed-tensors and MXFP4 have no weight_block_size
+	if q.Block[0] > 0 {
+		blocks = fmt.Sprintf(", blocks %dx%d", q.Block[0], q.Block[1])
+	}
+	fmt.Fprintf(w, "\nquantized base: %s%s, %d scale tensors read; --quantized %s\n", q.Method, blocks, len(q.Scales), q.Mode)
 	for _, s := range q.Scales {
 		where := s.File
 		if s.CrossShard {
@@ -88,11 +98,71 @@ func printQuant(w io.Writer, r *Report) {
 		}
 		fmt.Fprintf(w, "  %-60s %s in %s\n", s.Name, s.DType, where)
 	}
-	fmt.Fprintf(w, "  output size: base %s;", human(q.BaseBytes))
+	var sizes []string
 	for _, m := range []string{"bf16", "keep", "mixed"} {
 		if n, ok := q.Bytes[m]; ok {
-			fmt.Fprintf(w, " %s %s", m, human(n))
+			sizes = append(sizes, fmt.Sprintf("%s %s", m, human(n)))
 		}
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  output tensor bytes: base %s; with --quantized %s\n", human(q.BaseBytes), strings.Join(sizes, ", "))
+}
+
+// describeObject shows a JSON object of config.json in one line: a
+// quantization_config by its method and the fields that say what its tensors hold (a
+// person checks these against the model card before publishing without them), any
+// other object by its keys.
+func describeObject(key string, m map[string]any) string {
+	if key != "quantization_config" {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return "{" + strings.Join(keys, ", ") + "}"
+	}
+	method, _ := m["quant_method"].(string)
+	if method == "" {
+		method = "no quant_method"
+	}
+	var parts []string
+	add := func(format string, args ...any) { parts = append(parts, fmt.Sprintf(format, args...)) }
+	for _, k := range []string{"fmt", "format", "weight_block_size", "scale_fmt", "activation_scheme"} {
+		if v, ok := m[k]; ok && v != nil {
+			add("%s %s", k, jsonish(v))
+		}
+	}
+	if groups, ok := m["config_groups"].(map[string]any); ok {
+		names := make([]string, 0, len(groups))
+		for k := range groups {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, g := range names {
+			w, _ := groups[g].(map[string]any)
+			if w, _ = w["weights"].(map[string]any); w != nil {
+				add("%s weights %v %v-bit %v", g, w["type"], w["num_bits"], w["strategy"])
+			}
+		}
+	}
+	for _, k := range []string{"modules_to_not_convert", "ignored_layers", "ignore"} {
+		if l, ok := m[k].([]any); ok && len(l) > 0 {
+			add("%s %d entries", k, len(l))
+		}
+	}
+	if len(parts) == 0 {
+		return method
+	}
+	return method + " (" + strings.Join(parts, ", ") + ")"
+}
+
+// jsonish writes a config value as JSON shows it: [128, 128] for a list.
+func jsonish(v any) string {
+	if l, ok := v.([]any); ok {
+		items := make([]string, len(l))
+		for i, x := range l {
+			items[i] = jsonish(x)
+		}
+		return "[" + strings.Join(items, ", ") + "]"
+	}
+	return fmt.Sprint(v)
 }

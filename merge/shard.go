@@ -139,11 +139,10 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 			if len(segs) > 1 {
 				n = seg.t.Rows() * seg.t.Cols() * int64(size(seg.t.DType))
 			}
-			m, err := sh.newTensor(seg.t, s.Layout.DataOffset()+s.Layout.Tensors[i].Begin+seg.off, n, in, factors, kern)
+			m, err := sh.newTensor(seg.t, s.Layout.DataOffset()+s.Layout.Tensors[i].Begin+seg.off, n, in, caches{factors, packed}, kern)
 			if err != nil {
 				return nil, err
 			}
-			m.packed = packed
 			sh.tensors = append(sh.tensors, m)
 		}
 	}
@@ -169,7 +168,14 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 
 // newTensor prepares the computation of output tensor t, whose bytes start at off in
 // the shard.
-func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.ReaderAt, factors *lru[factorKey, *factors], kern kernel) (*tensor, error) {
+// caches are the adapter matrices a shard's tensors share: low-rank factors, and
+// expert lora_B matrices laid out expert by expert.
+type caches struct {
+	factors *lru[factorKey, *factors]
+	packed  *lru[packKey, []float64]
+}
+
+func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.ReaderAt, c caches, kern kernel) (*tensor, error) {
 	refs := []mergeplan.Ref{t.Source}
 	for _, d := range t.Deltas {
 		refs = append(refs, d.A, d.B)
@@ -201,7 +207,8 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 		rows:    int(t.Rows()),
 		cols:    int(t.Cols()),
 		in:      in,
-		factors: factors,
+		factors: c.factors,
+		packed:  c.packed,
 		kern:    kern,
 	}
 	if !t.Copy() {
@@ -237,7 +244,7 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 			if w.Requant == nil {
 				return nil, fmt.Errorf("merge: %s: the scales of %s, which is not requantized", t.Name, w.Name)
 			}
-			of, err := sh.newTensor(w, 0, 0, in, factors, kern)
+			of, err := sh.newTensor(w, 0, 0, in, c, kern) // expert deltas need c.packed too
 			if err != nil {
 				return nil, err
 			}

@@ -1,6 +1,7 @@
 package mergeplan
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -93,6 +94,26 @@ type quantConfig struct {
 }
 
 func (q *quantConfig) compressed() bool { return q.method == "compressed-tensors" }
+
+// CheckQuantMode says why --quantized keep or mixed cannot apply to a base with this
+// config.json: they choose what a quantized base's merge writes, and one without
+// quantization_config has nothing quantized to keep (bf16, the default, is no choice
+// there, so it passes). Silently merging as if it were not given would leave the user
+// believing the output was quantized.
+func CheckQuantMode(config []byte, mode QuantMode) error {
+	if mode != QuantKeep && mode != QuantMixed {
+		return nil
+	}
+	var conf map[string]any
+	if len(config) > 0 && json.Unmarshal(config, &conf) != nil {
+		return nil // the plan reports the broken config.json
+	}
+	if q, ok := conf["quantization_config"]; ok && q != nil {
+		return nil
+	}
+	return fmt.Errorf("--quantized %s applies to quantized bases, and this one has no quantization_config in config.json; "+
+		"leave --quantized out to merge it as it is", mode)
+}
 
 // refusedMethods are quantization formats hfmerge does not decode, with what to do.
 var refusedMethods = map[string]string{
@@ -237,16 +258,19 @@ func (b *builder) dequantize() {
 			b.problem(subject, "is %s; block-FP8 (quant_method fp8) weights are F8_E4M3", ref.DType)
 			continue
 		}
+		if len(ref.Shape) != 2 {
+			// Fused experts (E, out, in) in FP8 are Transformers' in-memory FP8Expert
+			// layout; the released FP8 MoE checkpoints store each expert's weights
+			// apart (docs/quantized.md, "FP8 experts").
+			b.problem(subject, "has shape %s; hfmerge dequantizes 2-D block-FP8 weights only (per-expert FP8 experts are read; fused 3-D FP8 experts are not built)", shapeString(ref.Shape))
+			continue
+		}
 		st, ok := b.base.byName[name+q.suffix]
 		if !ok {
 			b.problem(subject, "is an F8_E4M3 weight without its scale %s%s in any shard; the base is incomplete", name, q.suffix)
 			continue
 		}
 		sref := st.Ref
-		if len(ref.Shape) != 2 {
-			b.problem(subject, "has shape %s; hfmerge dequantizes 2-D block-FP8 weights only", shapeString(ref.Shape))
-			continue
-		}
 		if !slices.Contains(scaleDTypes, sref.DType) {
 			b.problem(sref.File+": "+sref.Name, "is %s; a block scale is F32, BF16, F16 or F8_E8M0", sref.DType)
 			continue
@@ -277,10 +301,13 @@ func isFP8(d safetensors.DType) bool { return d == safetensors.F8E4M3 || d == sa
 
 func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
 
-// quantSizes works out the output's tensor bytes in each mode from the plan: bf16
-// writes every dequantized weight in its output dtype and no scales; keep writes the
-// base's bytes; mixed writes touched quantized weights in BF16 without their scales,
-// and everything else as the base has it. Tensors the adapter adds count in each.
+// quantSizes works out the output's tensor bytes in each mode from the plan. The mode
+// planned is the layout's sum; the others differ from it only in the quantized weights,
+// their scales and (compressed-tensors) activation scales: bf16 writes every quantized
+// weight in BF16 (or --dtype) without its scales; keep writes them as the base has them
+// (a requantized weight and its new scales have the base's sizes); mixed writes the ones
+// mixedBF16 names in BF16 and the rest as the base has them. Tensors the adapter adds,
+// and the BF16 tensors --dtype converts, count the same in each.
 func (b *builder) quantSizes() {
 	q := b.p.Quant
 	if q == nil {
@@ -291,34 +318,103 @@ func (b *builder) quantSizes() {
 			q.BaseBytes += t.Len()
 		}
 	}
-	var out, added, mixedExtra int64
+	var out int64
+	planned := map[string]int64{} // the bytes the planned mode writes, by tensor
 	for _, s := range b.p.Shards {
 		for i, t := range s.Tensors {
 			n := s.Layout.Tensors[i].Len()
 			out += n
-			if t.New {
-				added += n
-				continue
-			}
-			if t.Dequant != nil && (len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil) {
-				mixedExtra += t.Rows()*t.Cols()*2 - t.Source.Len - t.Dequant.Scale.Len
-			}
+			planned[t.Name] = n
 		}
 	}
-	q.Bytes[string(QuantBF16)] = out
-	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
-	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
 	if b.quant.method == "mxfp4" {
-		delete(q.Bytes, string(QuantKeep)) // not built for MXFP4
+		q.Bytes[string(QuantBF16)] = out
 		// out is the size in the mode planned; the other differs by the MXFP4 pairs
-		// mixed copies and bf16 dequantizes.
+		// mixed copies and bf16 dequantizes. keep is not built for MXFP4.
 		kept := b.mxfp4Kept()
 		if b.in.Options.Quantized == QuantMixed {
 			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+kept, out
 		} else {
 			q.Bytes[string(QuantMixed)] = out - kept
 		}
+		return
 	}
+	esz := int64(2) // BF16, or what --dtype makes of it
+	if d := b.in.Options.DType.dtype(); d != "" {
+		esz = int64(d.Bits() / 8)
+	}
+	mixed := b.mixedBF16()
+	modes := []QuantMode{QuantBF16, QuantKeep, QuantMixed}
+	size := map[QuantMode]int64{}
+	for _, m := range modes {
+		size[m] = out
+	}
+	for _, name := range sortedKeys(b.base.byName) {
+		w := b.base.byName[name].Ref
+		if !isFP8(w.DType) || len(w.Shape) != 2 {
+			continue
+		}
+		sc, ok := b.base.byName[name+b.quant.suffix]
+		if !ok {
+			continue
+		}
+		quantized := w.Len + sc.Ref.Len
+		var acts []string // the module's activation scales in the base
+		module := strings.TrimSuffix(name, ".weight")
+		if b.quant.compressed() {
+			for _, a := range activationScales {
+				if at, ok := b.base.byName[module+a]; ok {
+					acts = append(acts, at.Ref.Name)
+					quantized += at.Ref.Len
+				}
+			}
+		}
+		now := planned[name] + planned[name+b.quant.suffix]
+		for _, a := range acts {
+			now += planned[a]
+		}
+		dense := w.Shape[0] * w.Shape[1] * esz
+		for _, m := range modes {
+			bf16 := m == QuantBF16 || (m == QuantMixed && mixed[name])
+			if bf16 {
+				size[m] += dense - now
+			} else {
+				size[m] += quantized - now
+			}
+		}
+	}
+	for _, m := range modes {
+		q.Bytes[string(m)] = size[m]
+	}
+}
+
+// mixedBF16 names the quantized weights --quantized mixed writes in BF16: those the
+// adapter changes, and every expert of an experts module (expertsModule) one of whose
+// experts it changes.
+func (b *builder) mixedBF16() map[string]bool {
+	out := map[string]bool{}
+	experts := map[string]bool{}
+	for name, t := range b.outs {
+		if bt, ok := b.base.byName[name]; ok && isFP8(bt.Ref.DType) && changes(t) {
+			out[name] = true
+			if em, ok := expertsModule(name); ok {
+				experts[em] = true
+			}
+		}
+	}
+	for name := range b.outs {
+		if bt, ok := b.base.byName[name]; ok && isFP8(bt.Ref.DType) {
+			if em, ok := expertsModule(name); ok && experts[em] {
+				out[name] = true
+			}
+		}
+	}
+	return out
+}
+
+// changes reports whether the adapter changes an output tensor.
+func changes(t *Tensor) bool {
+	return len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
 }
 
 // settleQuant decides, once the adapter is planned, what --quantized keep and mixed do
@@ -334,6 +430,10 @@ func (b *builder) settleQuant() {
 	if b.quant == nil || mode == QuantBF16 {
 		return
 	}
+	var bf16 map[string]bool
+	if mode == QuantMixed {
+		bf16 = b.mixedBF16()
+	}
 	for _, name := range sortedKeys(b.outs) {
 		t := b.outs[name]
 		bt, inBase := b.base.byName[name]
@@ -342,7 +442,15 @@ func (b *builder) settleQuant() {
 		}
 		scale := name + b.quant.suffix
 		module := strings.TrimSuffix(name, ".weight")
-		touched := len(t.Deltas) > 0 || len(t.Patches) > 0 || t.DoRA != nil || t.Source.Adapter()
+		touched := changes(t)
+		if em, isExpert := expertsModule(name); isExpert && bf16[name] {
+			// mixed: the experts of one module are all BF16 or none (expertsModule).
+			module = em
+			if !touched {
+				t.Reason = "dequantized exactly, written in BF16 with the other experts of " + em + " (modules_to_not_convert)"
+				continue // Dequant stays; its scale and activation scales stay dropped
+			}
+		}
 		if !touched || mode == QuantKeep {
 			// The module stays quantized: its activation scales stay too.
 			for _, s := range activationScales {
@@ -375,11 +483,20 @@ func (b *builder) settleQuant() {
 			b.p.Quant.Requantized = append(b.p.Quant.Requantized, name)
 		case QuantMixed:
 			t.Reason = "merged, written in BF16 (modules_to_not_convert)"
-			b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, module)
+			if !slices.Contains(b.p.Quant.NotConverted, module) {
+				b.p.Quant.NotConverted = append(b.p.Quant.NotConverted, module)
+			}
 		}
 	}
 	if mode == QuantMixed {
 		b.fusedWarning()
+		for _, m := range b.p.Quant.NotConverted {
+			if strings.HasSuffix(m, ".experts") && !strings.HasSuffix(m, ".mlp.experts") {
+				b.warn(m, "is written in BF16 and named so in ignored_layers, but vLLM may know this layer by another name "+
+					"(its minimax_m2.py loads block_sparse_moe.experts as model.layers.N.mlp.experts) and then loads the BF16 "+
+					"experts as FP8; Transformers reads modules_to_not_convert by the checkpoint's names. For vLLM, check, or use --quantized bf16")
+			}
+		}
 	}
 	// Untouched BF16 scales keep their dtype whatever --dtype says: they belong to
 	// quantized weights.
@@ -387,6 +504,23 @@ func (b *builder) settleQuant() {
 	for _, s := range b.p.Quant.Scales {
 		b.scaleNames[s.Name] = true
 	}
+}
+
+// expertsModule is the module holding the per-expert weight name: for
+// model.layers.3.mlp.experts.17.gate_proj.weight (DeepSeek-V3, Qwen3-MoE) or
+// model.layers.3.block_sparse_moe.experts.17.w1.weight (MiniMax-M2), the module up to
+// "experts". Loaders hold these experts as one layer whose weights share one precision:
+// vLLM's FusedMoE is skipped as a whole when any ignored_layers entry holding "experts"
+// contains its prefix (quant_utils.is_layer_skipped), and Transformers v5 fuses them into
+// one module. So mixed writes them all in BF16 and names the experts module.
+func expertsModule(name string) (string, bool) {
+	parts := strings.Split(name, ".")
+	for i := 0; i+1 < len(parts); i++ {
+		if parts[i] == "experts" && parts[i+1] != "" && strings.Trim(parts[i+1], "0123456789") == "" {
+			return strings.Join(parts[:i+1], "."), true
+		}
+	}
+	return "", false
 }
 
 // fusedGroups are the projections vLLM loads as one fused layer, which must all have

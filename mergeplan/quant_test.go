@@ -2,6 +2,7 @@ package mergeplan_test
 
 import (
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 
@@ -285,4 +286,157 @@ func TestCompressedFP8Refusals(t *testing.T) {
 	m.Split(1)
 	expectProblem(t, mergeplan.Build(fp8Input(t, m, mergeplan.Options{})),
 		"model.layers.0.mlp.up_proj.weight_zero_point", "symmetric FP8 weights only")
+}
+
+// TestQuantSizesAgree: planned in any of the three modes, a quantized base reports the
+// same tensor bytes for each mode, and the planned mode's figure is its layout's sum:
+// block FP8 with an expert touched (mixed writes all experts of that layer in BF16),
+// and compressed-tensors with its activation scales.
+func TestQuantSizesAgree(t *testing.T) {
+	moe := func() *fixture.Model {
+		m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 24, Experts: 3, Layers: 2, Vocab: 40,
+			Layout: fixture.PerExpert, DType: safetensors.BF16, Seed: 5})
+		m.BlockFP8([2]int64{16, 16}, safetensors.F8E8M0, 6)
+		m.Split(2)
+		return m
+	}
+	compressed := func() *fixture.Model {
+		m := small(false)
+		m.CompressedFP8("channel", safetensors.BF16, 3)
+		m.Split(2)
+		return m
+	}
+	for what, c := range map[string]struct {
+		m       func() *fixture.Model
+		modules []string
+	}{
+		"fp8 experts":        {moe, []string{"model.layers.1.mlp.experts.2.up_proj", "model.layers.0.self_attn.q_proj"}},
+		"compressed-tensors": {compressed, []string{"model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"}},
+	} {
+		t.Run(what, func(t *testing.T) {
+			first := map[mergeplan.DTypeChoice]map[string]int64{}
+			for _, mode := range []mergeplan.QuantMode{mergeplan.QuantBF16, mergeplan.QuantKeep, mergeplan.QuantMixed} {
+				for _, dt := range []mergeplan.DTypeChoice{"", mergeplan.ToF32} {
+					m := c.m()
+					a := fixture.NewAdapter(4, 4)
+					for _, mod := range c.modules {
+						lora(m, a, mod, 4)
+					}
+					p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mode, DType: dt}))
+					if !p.OK() {
+						t.Fatalf("%s: %v", mode, p.Problems)
+					}
+					var sum int64
+					for _, s := range p.Shards {
+						for _, x := range s.Layout.Tensors {
+							sum += x.Len()
+						}
+					}
+					if got := p.Quant.Bytes[string(mode)]; got != sum {
+						t.Errorf("planned %s --dtype %q: the plan says %d bytes, its layout holds %d", mode, dt, got, sum)
+					}
+					if first[dt] == nil {
+						first[dt] = p.Quant.Bytes
+						if f := first[dt]; f["bf16"] <= f["mixed"] || f["mixed"] <= f["keep"] {
+							t.Errorf("sizes %v: want bf16 > mixed > keep", f)
+						}
+					} else if !maps.Equal(first[dt], p.Quant.Bytes) {
+						t.Errorf("planned %s --dtype %q: sizes %v; planned bf16: %v", mode, dt, p.Quant.Bytes, first[dt])
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestQuantizedAdapterRefusals: DoRA on a quantized base is merged in bf16 only, keep
+// refuses a full trained copy of a quantized weight, and a fused 3-D FP8 expert tensor
+// is refused by name.
+func TestQuantizedAdapterRefusals(t *testing.T) {
+	for _, mode := range []mergeplan.QuantMode{mergeplan.QuantKeep, mergeplan.QuantMixed} {
+		m := fp8Small(safetensors.F32)
+		a := fixture.NewAdapter(4, 4)
+		lora(m, a, "model.layers.1.mlp.down_proj", 4)
+		a.Config["use_dora"] = true
+		a.Add(fixture.Key("model.layers.1.mlp.down_proj", "lora_magnitude_vector"), safetensors.F32, 1, fixture.NewRand(3), 32)
+		expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mode})),
+			"model.layers.1.mlp.down_proj.weight", "DoRA", "--quantized bf16 only")
+		if p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantBF16})); !p.OK() {
+			t.Errorf("DoRA in bf16: %v", p.Problems)
+		}
+	}
+	// A full trained copy of a quantized weight: keep cannot requantize it.
+	m0 := fp8Small(safetensors.F32)
+	a0 := fixture.NewAdapter(4, 4)
+	lora(m0, a0, "model.layers.0.self_attn.q_proj", 4)
+	a0.Config["modules_to_save"] = []string{"down_proj"}
+	a0.Add("base_model.model.model.layers.1.mlp.down_proj.weight", safetensors.BF16, 0.02, fixture.NewRand(4), 32, 64)
+	expectProblem(t, mergeplan.Build(input(t, m0, a0, mergeplan.Options{Quantized: mergeplan.QuantKeep})),
+		"model.layers.1.mlp.down_proj.weight", "trained copy", "keep cannot requantize a replacement, use bf16 or mixed")
+	if p := mergeplan.Build(input(t, m0, a0, mergeplan.Options{Quantized: mergeplan.QuantMixed})); !p.OK() {
+		t.Errorf("a trained copy in mixed: %v", p.Problems)
+	}
+	// Transformers v5's FP8Experts layout: gate_up_proj (E, 2I, H) in F8_E4M3 with
+	// gate_up_proj_scale_inv (E, ⌈2I/b⌉, ⌈H/b⌉).
+	m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 16, Experts: 2, Layers: 1, Vocab: 40,
+		Layout: fixture.Fused, DType: safetensors.BF16, Seed: 5})
+	m.BlockFP8([2]int64{16, 16}, safetensors.F32, 6)
+	gu := m.Tensor("model.layers.0.mlp.experts.gate_up_proj")
+	gu.DType = safetensors.F8E4M3
+	for i := range gu.Values {
+		gu.Values[i] = 1
+	}
+	m.Tensors = append(m.Tensors, &fixture.Tensor{Name: "model.layers.0.mlp.experts.gate_up_proj_scale_inv", DType: safetensors.F32,
+		Shape: []int64{2, 2, 2}, Values: make([]float64, 8)})
+	m.Split(1)
+	a := fixture.NewAdapter(4, 4)
+	lora(m, a, "model.layers.0.self_attn.q_proj", 4)
+	expectProblem(t, mergeplan.Build(input(t, m, a, mergeplan.Options{})),
+		"model.layers.0.mlp.experts.gate_up_proj", "has shape (2, 32, 32)", "2-D block-FP8 weights only", "fused 3-D FP8 experts are not built")
+}
+
+// TestMixedExpertsPlan: mixed names the experts module of a layer whose experts the
+// adapter touches, writes all of its experts in BF16 and no other layer's, and warns
+// where vLLM's name for the layer may differ from the checkpoint's (MiniMax-M2).
+func TestMixedExpertsPlan(t *testing.T) {
+	for _, layout := range []fixture.ExpertLayout{fixture.PerExpert, fixture.MixtralPerExpert} {
+		m := fixture.MoE(fixture.MoESpec{Hidden: 32, Intermediate: 24, Experts: 3, Layers: 2, Vocab: 40,
+			Layout: layout, DType: safetensors.BF16, Seed: 5})
+		m.BlockFP8([2]int64{16, 16}, safetensors.F32, 6)
+		m.Split(2)
+		experts, one := "model.layers.1.mlp.experts", "model.layers.1.mlp.experts.2.up_proj"
+		if layout == fixture.MixtralPerExpert {
+			experts, one = "model.layers.1.block_sparse_moe.experts", "model.layers.1.block_sparse_moe.experts.2.w3"
+		}
+		a := fixture.NewAdapter(4, 4)
+		lora(m, a, one, 4)
+		p := mergeplan.Build(input(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantMixed}))
+		if !p.OK() {
+			t.Fatalf("problems: %v", p.Problems)
+		}
+		if got := p.Quant.NotConverted; len(got) != 1 || got[0] != experts {
+			t.Errorf("mixed names %v, want [%s]", got, experts)
+		}
+		for _, s := range p.Shards {
+			for _, x := range s.Tensors {
+				fp8 := m.Tensor(x.Name).DType == safetensors.F8E4M3
+				inModule := strings.HasPrefix(x.Name, experts+".")
+				switch {
+				case fp8 && inModule && (x.DType != safetensors.BF16 || x.Dequant == nil):
+					t.Errorf("%s is planned as %s, but its experts module is written in BF16", x.Name, x.DType)
+				case fp8 && !inModule && !x.Copy():
+					t.Errorf("%s is not a copy", x.Name)
+				case strings.HasSuffix(x.Name, "_scale_inv") && inModule:
+					t.Errorf("%s is in the output", x.Name)
+				}
+			}
+		}
+		warned := false
+		for _, w := range p.Warnings {
+			warned = warned || strings.Contains(w.String(), "vLLM may know this layer by another name")
+		}
+		if warned != (layout == fixture.MixtralPerExpert) {
+			t.Errorf("%s: the vLLM naming warning is %v: %v", experts, warned, p.Warnings)
+		}
+	}
 }
