@@ -355,3 +355,44 @@ func TestShardsMissingAndKilled(t *testing.T) {
 	}
 	t.Logf("killed share 1/3 after %d of its shards were on the Hub; the rerun sent %d bytes", resumed, st.UploadedBytes)
 }
+
+// TestShardsXet: shares uploaded through Xet storage are recorded by sha256 and size,
+// which is all the final commit names; it publishes the local merge's bytes.
+func TestShardsXet(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 4, hubtest.WithXet())
+	repo := "alice/merged"
+	var wg sync.WaitGroup
+	outs := make([]string, 2)
+	for i, share := range []string{"1/2", "2/2"} {
+		home := e.worker(t)
+		wg.Go(func() {
+			code, stdout, stderr := runOn(t, e.on(home, append(e.shareArgs(repo, share), "--xet", "on")...))
+			if code != 0 {
+				t.Errorf("share %s: exit %d\n%s\n%s", share, code, stdout, stderr)
+			}
+			outs[i] = stdout
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	run := runID(t, outs[0])
+	if xs := e.h.XetStats(); xs.XorbBytes == 0 {
+		t.Errorf("no xorb was posted: %+v", xs)
+	}
+	for _, share := range []string{"1/2", "2/2"} {
+		b, err := e.h.File(repo, hfmerge.ScratchBranch(run), "shares/"+strings.Replace(share, "/", "-of-", 1)+".json")
+		if err != nil || !bytes.Contains(b, []byte(`"transfer": "xet"`)) {
+			t.Errorf("share %s's record (%v):\n%s", share, err, b)
+		}
+	}
+	code, stdout, stderr := runOn(t, e.on(e.worker(t), e.commitArgs(repo)...))
+	if code != 0 {
+		t.Fatalf("commit: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if n := e.h.Stats().Commits[repo+"@main"]; n != 1 {
+		t.Errorf("%d commits on main, want 1", n)
+	}
+	e.checkPublishedTo(t, repo, "main")
+}
