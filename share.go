@@ -42,6 +42,24 @@ func ParseShare(s string) (Share, error) {
 	return Share{I: i, N: n}, nil
 }
 
+// ParseShareIndex reads "k/N" with a 0-based k, 0 <= k < N, as a Kubernetes Indexed
+// Job's JOB_COMPLETION_INDEX or an array job's index gives it: share k+1 of N.
+func ParseShareIndex(s string) (Share, error) {
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return Share{}, fmt.Errorf("%q is not k/N (for example $(JOB_COMPLETION_INDEX)/3, k counting from 0)", s)
+	}
+	k, err := strconv.Atoi(a)
+	if err != nil {
+		return Share{}, fmt.Errorf("%q is not k/N with whole numbers", s)
+	}
+	sh, err := ParseShare(strconv.Itoa(k+1) + "/" + b)
+	if err != nil {
+		return Share{}, fmt.Errorf("%q: k counts from 0 to N-1", s)
+	}
+	return sh, nil
+}
+
 // maxShares bounds N: more shares than that is a typo, and each share is a file on
 // the scratch branch.
 const maxShares = 10000

@@ -167,6 +167,17 @@ func TestParseShare(t *testing.T) {
 			t.Errorf("ParseShare(%q): %v, want an error saying %q", in, err, why)
 		}
 	}
+	for in, want := range map[string]string{"0/3": "1/3", "2/3": "3/3", "0/1": "1/1"} {
+		s, err := ParseShareIndex(in)
+		if err != nil || s.String() != want {
+			t.Errorf("ParseShareIndex(%q) = %v, %v; want %s", in, s, err, want)
+		}
+	}
+	for _, in := range []string{"3/3", "-1/3", "x/3", "1"} {
+		if s, err := ParseShareIndex(in); err == nil {
+			t.Errorf("ParseShareIndex(%q) = %v, want an error", in, s)
+		}
+	}
 	for _, p := range []string{"shares/2-of-3.json", "shares/10-of-12.json"} {
 		if s, ok := parseManifestPath(p); !ok || s.manifestPath() != p {
 			t.Errorf("parseManifestPath(%q) = %v, %v", p, s, ok)

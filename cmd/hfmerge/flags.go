@@ -50,7 +50,6 @@ func pushFlags() []cli.Flag {
 		&cli.StringFlag{Name: "card", Value: "keep", Usage: "the model card on the Hub: keep (unless it is the one hfmerge wrote) or replace"},
 		&cli.StringFlag{Name: "disk-budget", Usage: "disk the run may use for merged shards, e.g. 20GB (default: the largest shard and 5%, at most the free space)"},
 		&cli.StringFlag{Name: "work-dir", Usage: "`DIR` for merged shards and the journal (default: HF_HOME/hfmerge)"},
-		sharesFlag(),
 		&cli.StringFlag{Name: "xet", Value: "auto", Usage: "upload through Xet storage, sending only the chunks the Hub lacks: auto (where the Hub offers it; HF_HUB_DISABLE_XET=1 turns it off), on (fail if the Hub offers none) or off (LFS)"},
 	}
 }

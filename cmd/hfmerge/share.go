@@ -14,22 +14,34 @@ import (
 
 // One push, many machines: push --shards i/N and commit (the library's share.go).
 
-func sharesFlag() cli.Flag {
-	return &cli.StringFlag{Name: "shards", Usage: "merge and upload only share `i/N` of the output shards (1-based: 1/3, 2/3, 3/3), balanced by bytes, " +
-		"and record them on the scratch branch hfmerge/<run id> of the repo; `hfmerge commit` then publishes them in one commit"}
+func sharesFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "shards", Usage: "merge and upload only share `i/N` of the output shards (i from 1: 1/3, 2/3, 3/3), balanced by bytes, " +
+			"and record them on the scratch branch hfmerge/<run id> of the repo; `hfmerge commit` then publishes them in one commit"},
+		&cli.StringFlag{Name: "shard-index", Usage: "--shards with a 0-based index: `k/N` is share k+1 of N (for example $(JOB_COMPLETION_INDEX)/3 in a Kubernetes Indexed Job)"},
+	}
 }
 
-// shareOption reads --shards; nil without it.
+// shareOption reads --shards or --shard-index; nil without them.
 func shareOption(c *cli.Context) (*hfmerge.Share, error) {
-	s := c.String("shards")
-	if s == "" {
-		return nil, nil
+	s, k := c.String("shards"), c.String("shard-index")
+	switch {
+	case s != "" && k != "":
+		return nil, usageErr("--shards and --shard-index say the same thing; give one")
+	case s != "":
+		sh, err := hfmerge.ParseShare(s)
+		if err != nil {
+			return nil, usageErr("--shards: %v", err)
+		}
+		return &sh, nil
+	case k != "":
+		sh, err := hfmerge.ParseShareIndex(k)
+		if err != nil {
+			return nil, usageErr("--shard-index: %v", err)
+		}
+		return &sh, nil
 	}
-	sh, err := hfmerge.ParseShare(s)
-	if err != nil {
-		return nil, usageErr("--shards: %v", err)
-	}
-	return &sh, nil
+	return nil, nil
 }
 
 func commitFlags() []cli.Flag {

@@ -277,14 +277,15 @@ func TestShardsMissingAndKilled(t *testing.T) {
 		t.Fatalf("%d commits on main before every share is up", n)
 	}
 
-	// Share 1/3, killed once its first shard is uploaded.
+	// Share 1/3, killed once its first shard is uploaded; given by its 0-based index
+	// as a Kubernetes Indexed Job does, and rerun as --shards 1/3: the same share.
 	one := e.worker(t)
 	pre := map[string]bool{}
 	for _, oid := range e.h.Objects() {
 		pre[oid] = true
 	}
 	e.slow()
-	c := e.on(one, e.shareArgs(repo, "1/3")...)
+	c := e.on(one, "push", "--base", "alice/base", "--adapter", e.adapter, "--repo", repo, "--progress", "plain", "--shard-index", "0/3")
 	pipe, _ := c.StderrPipe()
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
