@@ -85,7 +85,9 @@ func (r *PushResult) URL() string {
 // "committed"), and in a line for people.
 func (r *PushResult) Outcome(t upload.Target) (result, line string) {
 	switch {
-	case r.Share != "" && !r.UpToDate:
+	case r.Share != "" && r.UpToDate:
+		return "up to date", fmt.Sprintf("share %s is recorded on %s@%s already, and the Hub has its shards; nothing to do", r.Share, t.Repo, r.Scratch)
+	case r.Share != "":
 		return "uploaded share", fmt.Sprintf("share %s: %d shard(s) recorded on %s@%s; `hfmerge commit` publishes them once every share is up",
 			r.Share, r.Shards, t.Repo, r.Scratch)
 	case r.UpToDate && t.PR:

@@ -276,6 +276,29 @@ func TestShardsMissingAndKilled(t *testing.T) {
 	if n := e.h.Stats().Commits[repo+"@main"]; n != 0 {
 		t.Fatalf("%d commits on main before every share is up", n)
 	}
+	// Share 2/3 again, on another machine (no journal): its record is on the branch
+	// and the Hub has its shards, so nothing is merged, sent or committed.
+	e.h.ResetStats()
+	code, stdout, stderr = runOn(t, e.on(e.worker(t), e.shareArgs(repo, "2/3")...))
+	if code != 0 || !strings.Contains(stdout, "share 2/3 is recorded") {
+		t.Errorf("share 2/3 again: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	e.h.WaitIdle(context.Background())
+	st := e.h.Stats()
+	if len(st.Commits) != 0 || st.UploadedBytes != 0 {
+		t.Errorf("share 2/3 again made commits %v and sent %d bytes", st.Commits, st.UploadedBytes)
+	}
+	// The plan reads the base's headers by range; no base shard is read whole.
+	baseTree := tree(t, e.h, "alice/base", "main")
+	entries, _ := os.ReadDir(e.base)
+	for _, en := range entries {
+		if strings.HasSuffix(en.Name(), ".safetensors") && !baseTree[en.Name()].LFS {
+			t.Fatalf("base %s is not in LFS on the fake Hub: FileBytes would not count it by sha256", en.Name())
+		}
+		if b, _ := os.ReadFile(filepath.Join(e.base, en.Name())); strings.HasSuffix(en.Name(), ".safetensors") && st.FileBytes[sum(b)] >= int64(len(b)) {
+			t.Errorf("share 2/3 again downloaded the whole of base %s", en.Name())
+		}
+	}
 
 	// Share 1/3, killed once its first shard is uploaded; given by its 0-based index
 	// as a Kubernetes Indexed Job does, and rerun as --shards 1/3: the same share.
@@ -314,7 +337,7 @@ func TestShardsMissingAndKilled(t *testing.T) {
 		t.Fatalf("share 1/3 rerun: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	e.h.WaitIdle(context.Background())
-	st := e.h.Stats()
+	st = e.h.Stats()
 	resumed := 0
 	for _, name := range manifestOf(t, e.h, repo, run, "1/3") {
 		oid := sum(e.shards[name])
