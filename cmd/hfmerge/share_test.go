@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/hfmerge/hfmerge"
+	"github.com/hfmerge/hfmerge/hub"
 	"github.com/hfmerge/hfmerge/hub/hubtest"
+	"github.com/hfmerge/hfmerge/upload"
 )
 
 // worker is one machine of a sharded push: its own HOME, HF_HOME and TMPDIR, so
@@ -419,4 +421,73 @@ func TestShardsXet(t *testing.T) {
 		t.Errorf("%d commits on main, want 1", n)
 	}
 	e.checkPublishedTo(t, repo, "main")
+}
+
+// TestShardsBadRecord: commit checks every share's record against the plan and the
+// Hub, and refuses, naming the share and the shard, a record of the wrong size, one
+// naming an object the Hub does not have, and two records that disagree.
+func TestShardsBadRecord(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	repo := "alice/merged"
+	code, stdout, stderr := runOn(t, e.on(e.worker(t), e.shareArgs(repo, "1/1")...))
+	if code != 0 {
+		t.Fatalf("share 1/1: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	run := runID(t, stdout)
+	branch := hfmerge.ScratchBranch(run)
+	good, err := e.h.File(repo, branch, "shares/1-of-1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := hub.New(hub.Options{Endpoint: e.h.URL(), Token: aliceWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: repo}, Branch: branch}
+	put := func(files map[string][]byte) {
+		t.Helper()
+		cm := upload.Commit{Summary: "tamper"}
+		for p, b := range files {
+			cm.Files = append(cm.Files, hub.CommitFile{Path: p, Content: b})
+		}
+		cm.Marker, cm.Files = cm.Files[0], cm.Files[1:]
+		if _, err := tg.Commit(context.Background(), cm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var m map[string]any
+	if err := json.Unmarshal(good, &m); err != nil {
+		t.Fatal(err)
+	}
+	shard := m["shards"].([]any)[0].(map[string]any)
+	name, size := shard["name"].(string), shard["size"].(float64)
+	edit := func(f func(s map[string]any)) []byte {
+		var m map[string]any
+		json.Unmarshal(good, &m)
+		f(m["shards"].([]any)[0].(map[string]any))
+		b, _ := json.Marshal(m)
+		return b
+	}
+	other := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		what  string
+		files map[string][]byte
+		want  string
+	}{
+		{"wrong size", map[string][]byte{"shares/1-of-1.json": edit(func(s map[string]any) { s["size"] = size + 1 })},
+			"share 1/1 recorded " + name + " as"},
+		{"object not on the Hub", map[string][]byte{"shares/1-of-1.json": edit(func(s map[string]any) { s["sha256"] = other })},
+			"the Hub does not have it: run push --shards 1/1 again"},
+		{"two records disagree", map[string][]byte{"shares/1-of-1.json": good, "shares/1-of-2.json": edit(func(s map[string]any) { s["sha256"] = other })},
+			"recorded " + name + " with two sha256s"},
+	} {
+		put(tc.files)
+		code, stdout, stderr := runOn(t, e.on(e.worker(t), e.commitArgs(repo)...))
+		if code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: exit %d, want a refusal saying %q\n%s\n%s", tc.what, code, tc.want, stdout, stderr)
+		}
+	}
+	if n := e.h.Stats().Commits[repo+"@main"]; n != 0 {
+		t.Errorf("%d commits on main from refused records", n)
+	}
 }
