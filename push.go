@@ -175,7 +175,7 @@ type pusher struct {
 	work    string            // the work dir
 	id      string            // this push's inputs and target, as a short digest: the run id
 	local   string            // names tmp and journal: id, and the share for push --shards
-	share   *Share            // push --shards: p is that share's part of full
+	share   *Share            // push --shards: p is then that share's part of the plan
 	tmp     string            // this push's merged shards: work/tmp-<local>
 	created bool              // the repo did not exist before this push
 	stamps  map[string]string // base file → fileStamp when the push started
