@@ -423,18 +423,24 @@ func TestShardsXet(t *testing.T) {
 	e.checkPublishedTo(t, repo, "main")
 }
 
-// TestShardsBadRecord: commit checks every share's record against the plan and the
+// TestShardsBadRecord: a share's commit overtaken by another's is made again; commit checks every share's record against the plan and the
 // Hub, and refuses, naming the share and the shard, a record of the wrong size, one
 // naming an object the Hub does not have, and two records that disagree.
 func TestShardsBadRecord(t *testing.T) {
 	e := newPushEnv(t, smallSpec(), 2)
 	repo := "alice/merged"
+	// The share's commit is overtaken once (412, as when another share commits to the
+	// branch first): it is made again on the new head.
+	overtaken := e.h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, Status: 412})
 	code, stdout, stderr := runOn(t, e.on(e.worker(t), e.shareArgs(repo, "1/1")...))
 	if code != 0 {
 		t.Fatalf("share 1/1: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	run := runID(t, stdout)
 	branch := hfmerge.ScratchBranch(run)
+	if n := e.h.Stats().Commits[repo+"@"+branch]; overtaken.Fired() != 1 || n != 1 {
+		t.Errorf("the 412 fired %d times; %d commits on the scratch branch, want 1", overtaken.Fired(), n)
+	}
 	good, err := e.h.File(repo, branch, "shares/1-of-1.json")
 	if err != nil {
 		t.Fatal(err)
