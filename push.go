@@ -34,6 +34,9 @@ type PushOptions struct {
 	Merge      merge.Options
 	Log        *slog.Logger
 	Progress   Progress
+	// Share, when set, makes the push merge and upload only that share of the shards
+	// and record them on the run's scratch branch, for CommitShares (share.go).
+	Share *Share
 
 	disk disk // the filesystem; tests fake its free space
 }
@@ -60,6 +63,10 @@ type PushResult struct {
 	ShardBytes  int64 // the size of every output shard together
 	XetExpected int64
 	XetSent     int64
+
+	// Share is the share a push --shards uploaded ("2/3"), Scratch the branch it
+	// recorded it on; both "" for a whole push and for CommitShares.
+	Share, Scratch string
 }
 
 // URL is where the result is seen: the pull request, or the commit (the branch when it
@@ -78,6 +85,11 @@ func (r *PushResult) URL() string {
 // "committed"), and in a line for people.
 func (r *PushResult) Outcome(t upload.Target) (result, line string) {
 	switch {
+	case r.Share != "" && r.UpToDate:
+		return "up to date", fmt.Sprintf("share %s is recorded on %s@%s already, and the Hub has its shards; nothing to do", r.Share, t.Repo, r.Scratch)
+	case r.Share != "":
+		return "uploaded share", fmt.Sprintf("share %s: %d shard(s) recorded on %s@%s; `hfmerge commit` publishes them once every share is up",
+			r.Share, r.Shards, t.Repo, r.Scratch)
 	case r.UpToDate && t.PR:
 		return "up to date", fmt.Sprintf("an open pull request already holds this merge: %s; nothing to do", r.URL())
 	case r.UpToDate:
@@ -121,6 +133,11 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 		return nil, err
 	}
 	ps.paths()
+	if o.Share != nil {
+		if err := ps.useShare(*o.Share); err != nil {
+			return nil, err
+		}
+	}
 	if done, err := ps.upToDate(ctx); err != nil || done != nil {
 		if done != nil {
 			// A run killed after its commit left its journal and work dir: done with.
@@ -131,6 +148,9 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 			}
 			os.Remove(ps.journalPath())
 		}
+		return done, err
+	}
+	if done, err := ps.shareRecorded(ctx); err != nil || done != nil {
 		return done, err
 	}
 	res, err := ps.run(ctx)
@@ -153,8 +173,10 @@ type pusher struct {
 	prov    *Provenance
 	j       *journal
 	work    string            // the work dir
-	id      string            // this push's inputs and target, as a short digest
-	tmp     string            // this push's merged shards: work/tmp-<id>
+	id      string            // this push's inputs and target, as a short digest: the run id
+	local   string            // names tmp and journal: id, and the share for push --shards
+	share   *Share            // push --shards: p is then that share's part of the plan
+	tmp     string            // this push's merged shards: work/tmp-<local>
 	created bool              // the repo did not exist before this push
 	stamps  map[string]string // base file → fileStamp when the push started
 	start   time.Time
@@ -202,10 +224,11 @@ func (ps *pusher) paths() {
 	}
 	key := sha256.Sum256([]byte(ps.prov.Inputs + "\x00" + ps.t.Repo.String() + "\x00" + ps.branch() + "\x00" + strconv.FormatBool(ps.t.PR)))
 	ps.id = hex.EncodeToString(key[:8])
-	ps.tmp = filepath.Join(ps.work, "tmp-"+ps.id)
+	ps.local = ps.id
+	ps.tmp = filepath.Join(ps.work, "tmp-"+ps.local)
 }
 
-func (ps *pusher) journalPath() string { return filepath.Join(ps.work, "journal-"+ps.id+".json") }
+func (ps *pusher) journalPath() string { return filepath.Join(ps.work, "journal-"+ps.local+".json") }
 
 func (ps *pusher) branch() string {
 	if ps.t.Branch == "" {
@@ -263,7 +286,7 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 	if err := os.MkdirAll(ps.work, 0o755); err != nil {
 		return nil, err
 	}
-	cleanWorkDir(ps.work, ps.id, ps.prov.Inputs, target)
+	cleanWorkDir(ps.work, ps.local, ps.prov.Inputs, target)
 	if err := os.MkdirAll(ps.tmp, 0o755); err != nil {
 		return nil, err
 	}
@@ -327,7 +350,11 @@ func (ps *pusher) run(ctx context.Context) (*PushResult, error) {
 	if err := sch.run(ctx); err != nil {
 		return nil, err
 	}
-	res, err := ps.commit(ctx)
+	commit := ps.commit
+	if ps.share != nil {
+		commit = ps.recordShare
+	}
+	res, err := commit(ctx)
 	if err != nil {
 		return nil, err
 	}

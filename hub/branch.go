@@ -22,3 +22,16 @@ func (c *Client) CreateBranch(ctx context.Context, r Repo, branch, from string) 
 	}
 	return resp.StatusCode == http.StatusOK, nil
 }
+
+// DeleteBranch deletes a branch, as huggingface.js's deleteBranch does
+// (packages/hub/src/lib/delete-branch.ts): DELETE on the same path CreateBranch posts
+// to. A branch that is not there is no error; deleted says whether this call removed it.
+func (c *Client) DeleteBranch(ctx context.Context, r Repo, branch string) (deleted bool, err error) {
+	u := c.apiURL(r.apiPath()+"/branch/"+url.PathEscape(branch), nil)
+	rq := c.newRequest(http.MethodDelete, u, nil)
+	resp, err := c.do(ctx, rq, []int{http.StatusOK, http.StatusNoContent, http.StatusNotFound}, nil)
+	if err != nil {
+		return false, err
+	}
+	return resp.StatusCode != http.StatusNotFound, nil
+}

@@ -418,3 +418,36 @@ func TestCreateBranch(t *testing.T) {
 		t.Errorf("missing repo: %v", err)
 	}
 }
+
+// TestDeleteBranch: a branch (with a slash in its name) goes; deleting it again is no
+// error and reports that it was not there; the default branch cannot be deleted.
+func TestDeleteBranch(t *testing.T) {
+	h := hubtest.New(hubtest.WithToken("hf_w_tokenxyz", "alice", hubtest.ScopeWrite)).Start(t)
+	if _, err := h.Seed("alice/m", map[string][]byte{"a.txt": []byte("a")}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := hub.New(hub.Options{Endpoint: h.URL(), Token: "hf_w_tokenxyz", Retries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := hub.Repo{ID: "alice/m", Type: "model"}
+	ctx := context.Background()
+	if _, err := c.CreateBranch(ctx, r, "hfmerge/run1", ""); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{true, false} {
+		deleted, err := c.DeleteBranch(ctx, r, "hfmerge/run1")
+		if err != nil || deleted != want {
+			t.Fatalf("call %d: deleted %v, err %v", i, deleted, err)
+		}
+	}
+	if _, ok := h.Head("alice/m", "hfmerge/run1"); ok {
+		t.Error("the branch is still there")
+	}
+	if _, err := c.DeleteBranch(ctx, r, "main"); err == nil {
+		t.Error("deleting main: no error")
+	}
+	if _, ok := h.Head("alice/m", "main"); !ok {
+		t.Error("main is gone")
+	}
+}

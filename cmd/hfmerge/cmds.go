@@ -142,6 +142,10 @@ func pushCmd(c *cli.Context, st *state) error {
 	if o.token == "" {
 		return hfmerge.ErrNoToken
 	}
+	share, err := shareOption(c)
+	if err != nil {
+		return err
+	}
 	ctx := c.Context
 	xm, err := upload.ParseXetMode(c.String("xet"))
 	if err != nil {
@@ -162,7 +166,7 @@ func pushCmd(c *cli.Context, st *state) error {
 	defer l.Close()
 	m := st.meter(o.progress)
 	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"), Card: card,
-		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event})
+		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event, Share: share})
 	m.finish()
 	if err != nil {
 		if ctx.Err() != nil {

@@ -59,3 +59,30 @@ func (h *Hub) createBranch(c *call) {
 	}
 	writeJSON(c.w, http.StatusOK, map[string]string{})
 }
+
+// deleteBranch answers DELETE /api/{kind}s/{repo}/branch/{branch}: the branch goes (its
+// commits stay, as the objects they name do); the default branch cannot be deleted
+// (403), and a branch that is not there is 404.
+func (h *Hub) deleteBranch(c *call) {
+	p := h.who(c.r)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rp, ok := h.repoFor(c, p, accessWrite)
+	if !ok {
+		return
+	}
+	if c.rev == "main" {
+		writeError(c.w, http.StatusForbidden, "", "Cannot delete the default branch")
+		return
+	}
+	if _, exists := rp.Branches[c.rev]; !exists {
+		writeError(c.w, http.StatusNotFound, CodeRevisionNotFound, "Invalid rev id: "+c.rev)
+		return
+	}
+	delete(rp.Branches, c.rev)
+	if err := h.persistLocked(); err != nil {
+		writeError(c.w, http.StatusInternalServerError, "", err.Error())
+		return
+	}
+	writeJSON(c.w, http.StatusOK, map[string]string{})
+}

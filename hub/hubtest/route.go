@@ -22,7 +22,7 @@ const (
 	RoutePreupload  Route = "preupload"    // POST /api/{kind}s/{repo}/preupload/{rev}
 	RouteCommit     Route = "commit"       // POST /api/{kind}s/{repo}/commit/{rev}
 	RouteXetToken   Route = "xet-token"    // GET /api/{kind}s/{repo}/xet-{read|write}-token/{rev}
-	RouteBranch     Route = "branch"       // POST /api/{kind}s/{repo}/branch/{branch}
+	RouteBranch     Route = "branch"       // POST (create) or DELETE /api/{kind}s/{repo}/branch/{branch}
 	RouteBatch      Route = "lfs-batch"    // POST /{repo}.git/info/lfs/objects/batch
 	RouteVerify     Route = "lfs-verify"   // POST /{repo}.git/info/lfs/objects/verify
 	RouteComplete   Route = "lfs-complete" // POST /api/complete_multipart?... (signed)
@@ -132,7 +132,7 @@ func routeHub(r *http.Request) *call {
 		case len(rest) == 2 && rest[0] == "commit":
 			c.route, c.method, c.rev = RouteCommit, post, rest[1]
 		case len(rest) == 2 && rest[0] == "branch":
-			c.route, c.method, c.rev = RouteBranch, post, rest[1]
+			c.route, c.method, c.rev = RouteBranch, []string{http.MethodPost, http.MethodDelete}, rest[1]
 		case len(rest) == 2 && (rest[0] == "xet-read-token" || rest[0] == "xet-write-token"):
 			c.route, c.method, c.rev = RouteXetToken, get, rest[1]
 		default:

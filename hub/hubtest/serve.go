@@ -194,6 +194,10 @@ func (h *Hub) dispatch(c *call) {
 	case RouteMergePR:
 		h.mergePR(c, c.id)
 	case RouteBranch:
+		if c.r.Method == http.MethodDelete {
+			h.deleteBranch(c)
+			return
+		}
 		h.createBranch(c)
 	case RouteBatch:
 		h.batch(c)
