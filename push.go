@@ -34,6 +34,9 @@ type PushOptions struct {
 	Merge      merge.Options
 	Log        *slog.Logger
 	Progress   Progress
+	// Run, when set, is recorded in hfmerge.json as what started the push; it does not
+	// change the merge, so it never makes an up-to-date target stale.
+	Run *Run
 
 	disk disk // the filesystem; tests fake its free space
 }
@@ -120,6 +123,7 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 	if ps.prov, err = newProvenance(l, l.in.Options); err != nil {
 		return nil, err
 	}
+	ps.prov.Run = o.Run
 	ps.paths()
 	if done, err := ps.upToDate(ctx); err != nil || done != nil {
 		if done != nil {
