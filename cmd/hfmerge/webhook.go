@@ -70,17 +70,19 @@ func readPayload(c *cli.Context) (*webhook.Payload, error) {
 // fromWebhook pins the sources to the event's commit. It returns nil when the event
 // calls for no merge, having said why.
 func (st *state) fromWebhook(c *cli.Context, o *options, target hub.Repo) (*hfmerge.Run, error) {
+	if c.String("webhook-payload") == "" && os.Getenv(webhook.EnvPayload) == "" && os.Getenv(webhook.EnvJobID) != "" {
+		// The Job a webhook starts copies is first run by hand, with no event: that run
+		// has nothing to do, and says so rather than failing.
+		st.nothingToDo(c, fmt.Sprintf("this Job was not started by a webhook (%s is not set)", webhook.EnvPayload))
+		return nil, nil
+	}
 	p, err := readPayload(c)
 	if err != nil {
 		return nil, err
 	}
 	w, err := hfmerge.FromWebhook(p, o.base, o.adapters, target)
 	if ig, ok := err.(*webhook.Ignored); ok {
-		if !st.json {
-			fmt.Fprintln(c.App.Writer, "nothing to do: "+ig.Reason)
-		}
-		st.done("nothing to do: "+ig.Reason, "ignored webhook event", "reason", ig.Reason, "webhook", p.Webhook.ID,
-			"event", p.Event.Scope+" "+p.Event.Action, "repo", p.Repo.Name)
+		st.nothingToDo(c, ig.Reason, "webhook", p.Webhook.ID, "event", p.Event.Scope+" "+p.Event.Action, "repo", p.Repo.Name)
 		return nil, nil
 	}
 	if err != nil {
@@ -104,4 +106,13 @@ func jobRun(r *hfmerge.Run) *hfmerge.Run {
 	}
 	r.Job = id
 	return r
+}
+
+// nothingToDo ends a run that had nothing to do, saying why: on stdout (unless logs are
+// JSON), and in the run's summary record.
+func (st *state) nothingToDo(c *cli.Context, reason string, attrs ...any) {
+	if !st.json {
+		fmt.Fprintln(c.App.Writer, "nothing to do: "+reason)
+	}
+	st.done("nothing to do: "+reason, "ignored webhook event", append([]any{"reason", reason}, attrs...)...)
 }

@@ -184,4 +184,10 @@ func TestPushFromWebhookFile(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, "WEBHOOK_PAYLOAD") {
 		t.Errorf("no payload: exit %d\n%s", code, stderr)
 	}
+	// In a Job (JOB_ID set) with no event: the run by hand that a webhook's Job copies.
+	c = e.cmd(aliceWrite, "push", "--from-webhook", "--base", "alice/base", "--repo", "alice/merged")
+	c.Env = append(c.Env, "JOB_ID=job-0", "WEBHOOK_PAYLOAD=")
+	if out, err := c.Output(); err != nil || !strings.Contains(string(out), "not started by a webhook") {
+		t.Errorf("a Job with no event: %v\n%s", err, out)
+	}
 }
