@@ -21,9 +21,6 @@ type Payload struct {
 	Repo        Repo         `json:"repo"`
 	UpdatedRefs []UpdatedRef `json:"updatedRefs"`
 	Webhook     Hook         `json:"webhook"`
-	Discussion  *struct {
-		Num int `json:"num"`
-	} `json:"discussion"`
 }
 
 // Event says what happened: Scope is where ("repo", "repo.content", "repo.config",

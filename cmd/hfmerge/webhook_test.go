@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -56,15 +57,23 @@ func (e *pushEnv) webhookPush(t *testing.T, payload, job string, extra ...string
 		"WEBHOOK_SECRET=s3cret", "WEBHOOK_ID=delivery-1", "JOB_ID="+job)
 	var stdout, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stdout, &stderr
-	code := 0
-	if err := c.Run(); err != nil {
-		ee, ok := err.(interface{ ExitCode() int })
-		if !ok {
-			t.Fatal(err)
-		}
-		code = ee.ExitCode()
+	err := c.Run()
+	if code := exitCode(err); code >= 0 {
+		return code, stdout.String(), stderr.String()
 	}
-	return code, stdout.String(), stderr.String()
+	t.Fatal(err)
+	return 0, "", ""
+}
+
+// exitCode is a finished command's exit status, or -1 when it did not run.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
 }
 
 // TestPushFromWebhook: an adapter repo with two commits and the recorded event of the
@@ -180,9 +189,10 @@ func TestPushFromWebhookFile(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, "updatedRefs[0].newSha") {
 		t.Errorf("bad payload: exit %d\n%s", code, stderr)
 	}
-	code, _, stderr = e.run(t, aliceWrite, "push", "--from-webhook", "--base", "alice/base", "--repo", "alice/merged")
-	if code != 2 || !strings.Contains(stderr, "WEBHOOK_PAYLOAD") {
-		t.Errorf("no payload: exit %d\n%s", code, stderr)
+	c = e.cmd(aliceWrite, "push", "--from-webhook", "--base", "alice/base", "--repo", "alice/merged")
+	c.Env = append(c.Env, "JOB_ID=", "WEBHOOK_PAYLOAD=")
+	if out, err := c.CombinedOutput(); exitCode(err) != 2 || !strings.Contains(string(out), "WEBHOOK_PAYLOAD") {
+		t.Errorf("no payload: %v\n%s", err, out)
 	}
 	// In a Job (JOB_ID set) with no event: the run by hand that a webhook's Job copies.
 	c = e.cmd(aliceWrite, "push", "--from-webhook", "--base", "alice/base", "--repo", "alice/merged")

@@ -23,7 +23,7 @@ func checkObject(doc []byte) (string, []string) {
 	}
 	kind := meta.APIVersion + " " + meta.Kind
 	if meta.APIVersion == "" || meta.Kind == "" {
-		return kind, []string{"neither a GitHub Actions workflow (no jobs:) nor a Kubernetes object (apiVersion and kind)"}
+		return "no kind", []string{"neither a GitHub Actions workflow (no jobs:) nor a Kubernetes object (apiVersion and kind)"}
 	}
 	c := &checker{}
 	switch kind {
