@@ -21,6 +21,7 @@ var allowed = map[string][]string{
 	"cache":             {"hub"},
 	"upload":            {"hub", "xet"},
 	"xet":               {},
+	"webhook":           {},
 	"internal/fixture":  {"safetensors", "mergeplan"},
 	"cmd/hfmerge":       {"*"},
 	"cmd/hubfake":       {"hub/hubtest"},

@@ -62,6 +62,9 @@ type Provenance struct {
 	// BaseFiles is the identity of every base shard the model was merged from (push
 	// records each one's sha256; see baseid.go).
 	BaseFiles map[string]FileID `json:"base_files,omitempty"`
+	// Run says what started the push (a Hub Job, a webhook delivery); it is no part
+	// of Inputs, so the same merge started again finds the target up to date.
+	Run *Run `json:"run,omitempty"`
 }
 
 // identify names a source's exact content. full reads every byte of a local

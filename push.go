@@ -37,6 +37,9 @@ type PushOptions struct {
 	// Share, when set, makes the push merge and upload only that share of the shards
 	// and record them on the run's scratch branch, for CommitShares (share.go).
 	Share *Share
+	// Run, when set, is recorded in hfmerge.json as what started the push; it does not
+	// change the merge, so it never makes an up-to-date target stale.
+	Run *Run
 
 	disk disk // the filesystem; tests fake its free space
 }
@@ -132,6 +135,7 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 	if ps.prov, err = newProvenance(l, l.in.Options); err != nil {
 		return nil, err
 	}
+	ps.prov.Run = o.Run
 	ps.paths()
 	if o.Share != nil {
 		if err := ps.useShare(*o.Share); err != nil {

@@ -129,6 +129,14 @@ func pushCmd(c *cli.Context, st *state) error {
 	if o.offline {
 		return usageErr("push needs the Hub; it cannot run offline")
 	}
+	var run *hfmerge.Run
+	if webhookRun(c) {
+		// Before anything else: an event that calls for no merge ends the run here.
+		if run, err = st.fromWebhook(c, o, repo); err != nil || run == nil {
+			return err
+		}
+	}
+	run = jobRun(run)
 	budget := int64(-1)
 	if s := c.String("disk-budget"); s != "" {
 		if budget, err = hfmerge.ParseSize(s); err != nil {
@@ -166,7 +174,7 @@ func pushCmd(c *cli.Context, st *state) error {
 	defer l.Close()
 	m := st.meter(o.progress)
 	res, err := hfmerge.Push(ctx, l, p, hfmerge.PushOptions{Target: t, Private: c.Bool("private"), Message: c.String("message"), Card: card,
-		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event, Share: share})
+		DiskBudget: budget, WorkDir: c.String("work-dir"), Merge: o.merge, Log: st.log, Progress: m.event, Share: share, Run: run})
 	m.finish()
 	if err != nil {
 		if ctx.Err() != nil {

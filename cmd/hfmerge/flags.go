@@ -96,7 +96,7 @@ func readOptions(c *cli.Context, st *state) (*options, error) {
 		return nil, usageErr("--local-dir and --cache-dir cannot be used together")
 	case o.base == "":
 		return nil, usageErr("--base is required")
-	case len(o.adapters) == 0:
+	case len(o.adapters) == 0 && !webhookRun(c): // a webhook event can name the adapter
 		return nil, usageErr("--adapter is required")
 	case o.merge.Jobs < 1:
 		return nil, usageErr("--jobs must be at least 1")

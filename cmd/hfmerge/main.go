@@ -146,7 +146,7 @@ func newApp(st *state) *cli.App {
 				append(commonFlags(), &cli.BoolFlag{Name: "json", Usage: "print the plan as JSON"},
 					&cli.StringFlag{Name: "repo", Usage: "report what a push to the Hub repo `OWNER/NAME` would upload, through Xet or LFS"}), planCmd),
 			command(st, "push", "merge an adapter into a base model and publish the merged model to the Hub in one commit",
-				append(append(commonFlags(), pushFlags()...), sharesFlags()...), pushCmd),
+				append(append(append(commonFlags(), pushFlags()...), sharesFlags()...), webhookFlags()...), pushCmd),
 			command(st, "commit", "publish in one commit the shares that push --shards uploaded from several machines",
 				append(commonFlags(), commitFlags()...), commitCmd),
 			command(st, "verify", "check that a merge published on the Hub is exactly base + adapter, downloading only what differs",
