@@ -55,6 +55,12 @@ type Dequant struct {
 type Requant struct {
 	BlockRows, BlockCols int64
 	ScaleDType           safetensors.DType
+	// Of, for an MXFP4 base (quant_mxfp4.go), makes this output the <param>_blocks
+	// (Scales false) or the <param>_scales (Scales true) of the merged tensor Of, the
+	// dequantized P (E, in, out) with its deltas, requantized in MXFP4: Of itself is
+	// not an output.
+	Of     *Tensor
+	Scales bool
 }
 
 // Quantization is what the plan found about a quantized base, for reports.
@@ -309,13 +315,15 @@ func (b *builder) quantSizes() {
 	q.Bytes[string(QuantKeep)] = q.BaseBytes + added
 	q.Bytes[string(QuantMixed)] = q.BaseBytes + added + mixedExtra
 	if b.quant.method == "mxfp4" {
-		delete(q.Bytes, string(QuantKeep)) // not built for MXFP4
-		// out is the size in the mode planned; the other differs by the MXFP4 pairs
-		// mixed copies and bf16 dequantizes.
-		kept := b.mxfp4Kept()
-		if b.in.Options.Quantized == QuantMixed {
+		// out is the size in the mode planned; the others differ by the MXFP4 pairs
+		// mixed copies and bf16 dequantizes (keep writes the base's bytes).
+		all, kept := b.mxfp4Growth()
+		switch b.in.Options.Quantized {
+		case QuantMixed:
 			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+kept, out
-		} else {
+		case QuantKeep:
+			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+all, out+all-kept
+		default:
 			q.Bytes[string(QuantMixed)] = out - kept
 		}
 	}
