@@ -22,10 +22,12 @@ import (
 // hand, without a first pass; but one expert's rows scatter over all its stored rows,
 // so an expert is computed whole (in row blocks, on every job) into its packed codes
 // and scales, in the stored layout, and the output's blocks are copied out of it.
-// Both outputs read the same expert results (a small cache of them); the scales,
-// written after the blocks in gpt-oss's files, are recomputed when their expert has
-// left the cache, which costs a second merge of the touched tensor (as FP8 keep's two
-// passes do) and keeps memory at a few experts' packed bytes.
+// Both outputs read the same expert results (a small cache of them). The scales,
+// written after the blocks in gpt-oss's files, are also kept apart, up to mxPinBytes a
+// shard (1/17 of an expert's result: 32 MiB holds 60 gpt-oss-120b gate_up_proj
+// experts' scales, or every expert of a smaller model); those of experts beyond it
+// are recomputed, a second merge of that expert (as FP8 keep's two passes are), so
+// memory stays a few experts' packed bytes plus that budget.
 //
 // Each block's scale is the smallest power of two 2^(k−127), k in 0…254, with which
 // every exact value of the block divided by it is at most 6 (E2M1's largest): nothing
@@ -35,6 +37,9 @@ import (
 // ties to the even code (mantissa bit 0); a value that rounds to zero is written +0
 // (code 0), whatever its sign; below 2^-127·6 a block's scale is 2^-127 and its values
 // round as they fall. docs/quantized.md has the sources.
+
+// mxPinBytes bounds the requantized scales a shard keeps for its _scales outputs.
+const mxPinBytes = 32 << 20
 
 // mxKeep requantizes one merged MXFP4 tensor, expert by expert, for its _blocks and
 // _scales outputs in one shard.
@@ -48,6 +53,7 @@ type mxKeep struct {
 	done                     *lru[int, *mxQuant]
 	mu                       sync.Mutex
 	stats                    []rqStat // per expert, once computed
+	pinned                   [][]byte // per expert, its scales, kept within the shard's budget
 }
 
 // mxQuant is one expert requantized, as stored.
@@ -86,7 +92,7 @@ func (sh *Shard) newMXKeep(of *mergeplan.Tensor, in map[string]io.ReaderAt, fact
 	}
 	E, rows, out := int(of.Shape[0]), int(of.Shape[1]), int(of.Shape[2])
 	k := &mxKeep{of: of, experts: E, in: rows, out: out, groups: rows / 32, jobs: sh.jobs, sh: sh,
-		parts: make([]*tensor, E), first: make([]int, E), stats: make([]rqStat, E)}
+		parts: make([]*tensor, E), first: make([]int, E), stats: make([]rqStat, E), pinned: make([][]byte, E)}
 	perExpert := int64(out) * int64(rows) * 17 / 32 // codes and scales
 	k.done = newLRU[int, *mxQuant](2 * perExpert)
 	segs, err := segments(of)
@@ -121,13 +127,18 @@ func (k *mxKeep) write(scales bool, r0, r1, cols int, dst []byte) error {
 	a, b := r0*cols, r1*cols
 	for a < b {
 		e := a / per
-		q, err := k.expert(e)
-		if err != nil {
-			return err
-		}
-		src := q.codes
-		if scales {
-			src = q.scales
+		k.mu.Lock()
+		src := k.pinned[e]
+		k.mu.Unlock()
+		if !scales || src == nil {
+			q, err := k.expert(e)
+			if err != nil {
+				return err
+			}
+			src = q.codes
+			if scales {
+				src = q.scales
+			}
 		}
 		off := a - e*per
 		a += copy(dst[a-r0*cols:b-r0*cols], src[off:])
@@ -180,6 +191,13 @@ func (k *mxKeep) compute(e int) (*mxQuant, error) {
 	}
 	k.mu.Lock()
 	k.stats[e] = st
+	if n := int64(len(q.scales)); k.pinned[e] == nil {
+		if k.sh.pinLeft.Add(-n) >= 0 {
+			k.pinned[e] = q.scales
+		} else {
+			k.sh.pinLeft.Add(n)
+		}
+	}
 	k.mu.Unlock()
 	return q, nil
 }
@@ -227,6 +245,10 @@ func (k *mxKeep) quantize(m *tensor, e, j0, j1 int, v, w, eb []float64, q *mxQua
 			}
 			q.scales[bi] = s
 		}
+		for c := 0; c < out; c++ {
+			sc := q.scales[c*g+gi]
+			hi[c], lo[c] = math.Ldexp(1, int(sc)-127), math.Ldexp(1, 127-int(sc)) // the scale, its inverse: exact
+		}
 		for r := 0; r < 32; r++ {
 			jj := j + r
 			o := (jj - j0) * out
@@ -234,12 +256,12 @@ func (k *mxKeep) quantize(m *tensor, e, j0, j1 int, v, w, eb []float64, q *mxQua
 			for c := 0; c < out; c++ {
 				i := o + c
 				bi := c*g + gi
-				s := math.Ldexp(1, int(q.scales[bi])-127)
+				s := hi[c]
 				x := v[i]
-				y := x / s
-				slack := eb[i]/s*(1+0x1p-50) + math.Abs(y)*0x1p-52
-				code := e2m1Nearest(y - slack)
-				if code != e2m1Nearest(y+slack) {
+				y := x * lo[c]
+				slack := eb[i]*lo[c]*(1+0x1p-50) + math.Abs(y)*0x1p-52
+				code, clear := e2m1Near(y, slack)
+				if !clear {
 					ex, err := m.exact(k.first[e]+jj, c, w[i])
 					if err != nil {
 						return err
@@ -315,27 +337,36 @@ func exactAbs(x dd) *big.Float {
 // e2m1Mids are the midpoints between consecutive E2M1 magnitudes, codes 0 … 7.
 var e2m1Mids = [7]float64{0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5}
 
+// e2m1Quarters maps ⌊4a⌋ to the E2M1 magnitude code nearest a: the midpoints times 4
+// are the integers 1, 3, 5, 7, 10, 14 and 20, so the code is the same over each
+// [k, k+1) but at a midpoint k itself.
+var e2m1Quarters = [25]byte{0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7}
+
 // e2m1Mag is the E2M1 magnitude code (0 … 7) nearest a ≥ 0, ties to the even code;
 // beyond 6, 7 (the caller's scale keeps exact values at most 6).
 func e2m1Mag(a float64) byte {
-	for i, mid := range e2m1Mids {
-		switch {
-		case a < mid:
-			return byte(i)
-		case a == mid:
-			return byte(i + i&1) // the even one of i and i+1
-		}
+	t := a * 4 // exact
+	if !(t < 24) {
+		return 7
 	}
-	return 7
+	k := int(t)
+	c := e2m1Quarters[k]
+	if t == float64(k) && k > 0 && e2m1Quarters[k-1] != c { // a midpoint: the even code
+		c -= c & 1
+	}
+	return c
 }
 
-// e2m1Nearest is the E2M1 code nearest y, +0 for zero.
-func e2m1Nearest(y float64) byte {
-	c := e2m1Mag(math.Abs(y))
+// e2m1Near is the E2M1 code nearest y (+0 for zero), and whether every value within
+// slack of y rounds to it too.
+func e2m1Near(y, slack float64) (byte, bool) {
+	a := math.Abs(y)
+	c := e2m1Mag(a)
+	clear := (c == 0 || a-slack > e2m1Mids[c-1]) && (c == 7 || a+slack < e2m1Mids[c])
 	if c != 0 && y < 0 {
 		c |= 8
 	}
-	return c
+	return c, clear && (c&7 != 7 || a+slack <= 6)
 }
 
 // e2m1Exact is the E2M1 code nearest (x.hi + x.lo) / s, s a power of two, decided in

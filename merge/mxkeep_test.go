@@ -1,7 +1,9 @@
 package merge_test
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"fmt"
 	"math"
 	"math/big"
@@ -11,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/hfmerge/hfmerge/internal/fixture"
+	"github.com/hfmerge/hfmerge/merge"
 	"github.com/hfmerge/hfmerge/mergeplan"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
@@ -351,5 +354,39 @@ func TestMXFP4KeepReferenceCatchesWrongMerges(t *testing.T) {
 	}
 	if !c.ok() {
 		t.Errorf("the reference rejects its own requantization of the right merge: %s", c.first)
+	}
+}
+
+// BenchmarkMXFP4Keep merges an expert LoRA into one layer of MXFP4 experts of
+// gpt-oss's per-expert size (2 experts, H = I = 1440) and requantizes them: bytes/s of
+// output.
+func BenchmarkMXFP4Keep(b *testing.B) {
+	m := fixture.MoE(fixture.MoESpec{Hidden: 1440, Intermediate: 1440, Experts: 2, Layers: 1, Vocab: 64,
+		Layout: fixture.Interleaved, DType: safetensors.BF16, Seed: 71})
+	m.MXFP4(72)
+	a := fixture.NewExpertAdapter(16, 32, "0.20.0", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+	r := fixture.NewRand(73)
+	a.Experts(fixture.ExpertsModule(0), 1, 2, 16, 1440, 2880, safetensors.F32, r)
+	a.Experts(fixture.ExpertsModule(0), 0, 2, 16, 1440, 1440, safetensors.F32, r)
+	p, files := plan(b, m, a, mergeplan.Options{Quantized: mergeplan.QuantKeep})
+	if !p.OK() {
+		b.Fatal(p.Problems)
+	}
+	var size int64
+	for i := range p.Shards {
+		size += p.Shards[i].Size()
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	for range b.N {
+		for i := range p.Shards {
+			sh, err := merge.New(&p.Shards[i], files, merge.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := sh.Write(context.Background(), io.Discard, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }

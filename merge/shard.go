@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -83,7 +84,7 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 			// Two experts requantized, the slabs, each job's run of 32 rows, and the
 			// merged tensor's adapter matrices.
 			of := t.Requant.Of
-			f += int64(opts.Jobs+4)*mxSlabBytes(of.Shape) + int64(opts.Jobs)*32*of.Cols()*perElem
+			f += int64(opts.Jobs+4)*mxSlabBytes(of.Shape) + int64(opts.Jobs)*32*of.Cols()*perElem + mxPinBytes
 			for _, d := range of.Deltas {
 				f += int64(d.Rank)*(of.Shape[1]+of.Cols())*8*3 + d.B.Rows()*d.B.Cols()*8
 			}
@@ -118,6 +119,7 @@ type Shard struct {
 	packed  *lru[packKey, []float64]      // expert lora_B matrices, expert by expert
 	slabs   *lru[slabKey, *mxSlab]        // MXFP4 sources' experts, as stored (mxfp4.go)
 	mxKeeps map[*mergeplan.Tensor]*mxKeep // MXFP4 tensors requantized (mxkeep.go)
+	pinLeft atomic.Int64                  // of mxPinBytes, for their scales
 }
 
 type blockKey struct{ tensor, block int }
@@ -137,6 +139,7 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 	factors := newLRU[factorKey, *factors](factorBytes)
 	packed := newLRU[packKey, []float64](factorBytes)
 	sh.packed, sh.mxKeeps = packed, map[*mergeplan.Tensor]*mxKeep{}
+	sh.pinLeft.Store(mxPinBytes)
 	sh.slabs = newLRU[slabKey, *mxSlab](2 * largestSlab(s))
 	kern, err := kernelFor(opts.Kernel)
 	if err != nil {
