@@ -3,8 +3,8 @@ package merge_test
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"fmt"
+	"io"
 	"math"
 	"math/big"
 	"reflect"
