@@ -242,7 +242,9 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 			m.colScale = m.columnScale(sh.jobs, sh.pool)
 		}
 		if t.Dequant != nil {
-			m.slabs = sh.slabs
+			if t.Dequant.MXFP4 {
+				m.slabs = sh.slabs // source() reads MXFP4 sources expert by expert when set
+			}
 			if err := m.prepareDequant(); err != nil {
 				return nil, err
 			}
