@@ -6,8 +6,8 @@
 # with BF16 attention, router, biases and embeddings, and a rank-16 expert LoRA on every
 # layer's gate_up_proj and down_proj (every MXFP4 tensor touched: the worst case for keep
 # and mixed). Reports the copy floor (dd bs=8M), then for each mode the wall time of
-# `hfmerge merge`, the output size, peak RSS (GNU time) and, for keep, the survival
-# report. Needs ~3 GB of disk in WORKDIR.
+# `hfmerge merge`, its CPU time (user + system), the output size, peak RSS (GNU time)
+# and, for keep, the survival report. Needs ~3 GB of disk in WORKDIR.
 #
 #   scripts/mxfp4bench.sh [WORKDIR]     (default: a temporary directory, removed afterwards)
 #   EXPERTS=4 LAYERS=2 scripts/mxfp4bench.sh
@@ -53,9 +53,10 @@ for mode in bf16 keep mixed; do
 		--quantized "$mode" --progress none 2>"$work/time.txt" >/dev/null
 	secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time.txt" | awk -F: '{ if (NF == 3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 	rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+	cpu=$(awk -F': ' '/(User|System) time/ {s += $2} END {print s}' "$work/time.txt")
 	out=$(du -cb "$work"/out/*.safetensors | tail -1 | cut -f1)
-	printf '%-22s %7.2f s   %5.2fx copy   output %.2f GB   peak RSS %d MB\n' "merge --quantized $mode" "$secs" \
-		"$(echo "$secs / $c" | bc -l)" "$(echo "$out/1000000000" | bc -l)" "$((rss / 1024))"
+	printf '%-22s %7.2f s   %5.2fx copy   CPU %6.2f s   output %.2f GB   peak RSS %d MB\n' "merge --quantized $mode" "$secs" \
+		"$(echo "$secs / $c" | bc -l)" "$cpu" "$(echo "$out/1000000000" | bc -l)" "$((rss / 1024))"
 	if [ "$mode" = keep ]; then
 		grep 'msg=requantized\|msg="requantized' "$work/time.txt" | sed 's/^time=[^ ]* /  /' || true
 	fi
