@@ -293,8 +293,8 @@ func (w *dirWriter) publish(ctx context.Context) error {
 }
 
 // logRequantized tells how much of the delta survived each requantized tensor
-// (--quantized keep): with FP8's three mantissa bits a LoRA delta can vanish, and the
-// user must see that before publishing.
+// (--quantized keep): with FP8's three mantissa bits a LoRA delta can vanish, with
+// MXFP4's one it mostly does, and the user must see that before publishing.
 func logRequantized(log *slog.Logger, stats []merge.RequantStats) {
 	if log == nil {
 		return
@@ -302,9 +302,9 @@ func logRequantized(log *slog.Logger, stats []merge.RequantStats) {
 	for _, r := range stats {
 		level, msg := slog.LevelInfo, "requantized"
 		if r.DeltaError() > 0.5 {
-			level, msg = slog.LevelWarn, "requantized: most of the adapter's change to this tensor was lost to the FP8 grid; consider --quantized bf16 or mixed"
+			level, msg = slog.LevelWarn, "requantized: most of the adapter's change to this tensor was lost to the "+r.Format+" grid; consider --quantized bf16 or mixed"
 		}
-		log.Log(context.Background(), level, msg, "tensor", r.Tensor, "elements", r.Elements, "changed", r.Changed,
+		log.Log(context.Background(), level, msg, "tensor", r.Tensor, "format", r.Format, "elements", r.Elements, "changed", r.Changed,
 			"changed_share", float64(r.Changed)/float64(max(r.Elements, 1)), "delta_error", r.DeltaError())
 	}
 }

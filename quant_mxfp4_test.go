@@ -12,8 +12,8 @@ import (
 )
 
 // TestMXFP4PlanAndMerge: planning a gpt-oss MXFP4 base reads headers only, lists every
-// _scales tensor (a cross-shard one flagged) and says how big the BF16 output is, which
-// is what the merge then writes.
+// _scales tensor (a cross-shard one flagged) and says how big the output is in each
+// mode, the BF16 one being what the merge then writes.
 func TestMXFP4PlanAndMerge(t *testing.T) {
 	const h, i, E = 64, 96, 4
 	m := fixture.MoE(fixture.MoESpec{Hidden: h, Intermediate: i, Experts: E, Layers: 2, Vocab: 64,
@@ -73,8 +73,9 @@ func TestMXFP4PlanAndMerge(t *testing.T) {
 	if want := wantOut - (perLayer*2 - perLayer/2 - perLayer/32); rep.Quant.Bytes["mixed"] != want {
 		t.Errorf("plan says the mixed output has %d tensor bytes, want %d", rep.Quant.Bytes["mixed"], want)
 	}
-	if _, ok := rep.Quant.Bytes["keep"]; ok {
-		t.Errorf("plan reports a keep size %v for an MXFP4 base, which keep does not merge", rep.Quant.Bytes)
+	// keep writes the base's bytes (touched experts requantized in place).
+	if rep.Quant.Bytes["keep"] != rep.Quant.BaseBytes {
+		t.Errorf("plan says the keep output has %d tensor bytes, want the base's %d", rep.Quant.Bytes["keep"], rep.Quant.BaseBytes)
 	}
 	if rep.Quant.Bytes["bf16"] != wantOut {
 		t.Errorf("plan says the BF16 output has %d tensor bytes, want %d (base %d)", rep.Quant.Bytes["bf16"], wantOut, rep.Quant.BaseBytes)

@@ -119,6 +119,9 @@ func (m *tensor) block(r0, r1 int, dst []byte, acc *scratch) error {
 	if m.of != nil {
 		return m.scaleBlock(r0, r1, dst)
 	}
+	if m.mx != nil {
+		return m.mx.write(m.t.Requant.Scales, r0, r1, m.cols, dst)
+	}
 	if m.t.Requant != nil {
 		v, w, e, err := m.values(r0, r1, acc)
 		if err != nil {

@@ -19,6 +19,28 @@ type mxSlab struct {
 	codes, scales []byte
 }
 
+// slabKey is where an expert's codes start: the slab cache is the shard's, shared by
+// every MXFP4 tensor and by the segments an expert adapter cuts one into, so that it
+// holds a few experts whatever their number.
+type slabKey struct {
+	file string
+	off  int64
+}
+
+// largestSlab is the largest expert of the shard's MXFP4 tensors, in bytes.
+func largestSlab(s *mergeplan.Shard) int64 {
+	var n int64
+	for _, t := range s.Tensors {
+		if t.Requant != nil && t.Requant.Of != nil {
+			n = max(n, mxSlabBytes(t.Requant.Of.Shape))
+		}
+		if t.Dequant != nil && t.Dequant.MXFP4 {
+			n = max(n, mxSlabBytes(t.Shape))
+		}
+	}
+	return n
+}
+
 // mxGeometry is the experts' shape: E experts of in rows (the tensor's) and out
 // columns; groups = in/32 scale blocks per stored row.
 func (m *tensor) mxGeometry() (experts, in, out, groups int) {
@@ -48,14 +70,17 @@ func (m *tensor) prepareMXFP4() error {
 	if m.blockRows >= 32 {
 		m.blockRows -= m.blockRows % 32
 	}
-	m.slabs = newLRU[int, *mxSlab](2 * mxSlabBytes(t.Shape))
+	if m.slabs == nil {
+		m.slabs = newLRU[slabKey, *mxSlab](2 * mxSlabBytes(t.Shape))
+	}
 	return nil
 }
 
 // slab reads expert e's codes and scales, refusing the NaN scale 0xFF.
 func (m *tensor) slab(e int) (*mxSlab, error) {
-	return m.slabs.get(e, func() (*mxSlab, int64, error) {
-		_, _, out, g := m.mxGeometry()
+	_, _, out, g := m.mxGeometry()
+	key := slabKey{m.t.Source.File, m.t.Source.Offset + int64(e*out*g*16)}
+	return m.slabs.get(key, func() (*mxSlab, int64, error) {
 		s := &mxSlab{codes: make([]byte, out*g*16), scales: make([]byte, out*g)}
 		if err := readRef(m.in, m.t.Source, int64(e*len(s.codes)), s.codes); err != nil {
 			return nil, 0, err

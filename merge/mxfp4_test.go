@@ -132,7 +132,7 @@ func TestMXFP4ReferenceCatchesWrongMerges(t *testing.T) {
 	}
 }
 
-// TestMXFP4Refusals: keep (not built), a missing or misshapen scale, and DoRA.
+// TestMXFP4Refusals: a missing or misshapen scale.
 func TestMXFP4Refusals(t *testing.T) {
 	a, _ := gateUpDown(1, "0.20.0", true, mxH, mxI, safetensors.BF16, 16)
 	for _, c := range []struct {
@@ -141,7 +141,6 @@ func TestMXFP4Refusals(t *testing.T) {
 		opts mergeplan.Options
 		want string
 	}{
-		{"keep", func(*fixture.Model) {}, mergeplan.Options{Quantized: mergeplan.QuantKeep}, "merged with --quantized bf16 or mixed (keep is not built yet)"},
 		{"no scales", func(m *fixture.Model) {
 			m.Tensors = slices.DeleteFunc(m.Tensors, func(t *fixture.Tensor) bool { return t.Name == "model.layers.1.mlp.experts.down_proj_scales" })
 		}, mergeplan.Options{}, "model.layers.1.mlp.experts.down_proj_blocks: is MXFP4 blocks without their scales"},

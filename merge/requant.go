@@ -36,6 +36,7 @@ type rqStat struct {
 // DeltaNorm is ‖ΔW‖ (Frobenius) and ErrorNorm ‖kept change − ΔW‖.
 type RequantStats struct {
 	Tensor    string
+	Format    string // what it was requantized to: F8_E4M3, MXFP4
 	Elements  int
 	Changed   int
 	DeltaNorm float64
@@ -296,10 +297,13 @@ func (m *tensor) scaleBlock(r0, r1 int, dst []byte) error {
 func (s *Shard) Requantized() []RequantStats {
 	var out []RequantStats
 	for _, t := range s.tensors {
-		if t.t.Requant == nil {
+		if t.mx != nil && !t.t.Requant.Scales {
+			out = append(out, t.mx.requantStats())
+		}
+		if t.t.Requant == nil || t.mx != nil {
 			continue
 		}
-		r := RequantStats{Tensor: t.t.Name}
+		r := RequantStats{Tensor: t.t.Name, Format: string(t.t.DType)}
 		var num, den float64
 		t.rqMu.Lock()
 		for _, st := range t.rqRows {

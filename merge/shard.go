@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -79,6 +80,14 @@ func PeakMemory(s *mergeplan.Shard, opts Options) int64 {
 			f += int64(opts.Jobs+1) * t.Cols() * 8
 		}
 		switch {
+		case t.Requant != nil && t.Requant.Of != nil:
+			// Two experts requantized, the slabs, each job's run of 32 rows, and the
+			// merged tensor's adapter matrices.
+			of := t.Requant.Of
+			f += int64(opts.Jobs+4)*mxSlabBytes(of.Shape) + int64(opts.Jobs)*32*of.Cols()*perElem + mxPinBytes
+			for _, d := range of.Deltas {
+				f += int64(d.Rank)*(of.Shape[1]+of.Cols())*8*3 + d.B.Rows()*d.B.Cols()*8
+			}
 		case t.Dequant != nil && t.Dequant.MXFP4:
 			// The slab cache keeps two experts, and each job may be reading another.
 			f += int64(opts.Jobs+2) * mxSlabBytes(t.Shape)
@@ -107,6 +116,10 @@ type Shard struct {
 	pool    *sync.Pool
 	blocks  *lru[blockKey, []byte]
 	ahead   *readAhead
+	packed  *lru[packKey, []float64]      // expert lora_B matrices, expert by expert
+	slabs   *lru[slabKey, *mxSlab]        // MXFP4 sources' experts, as stored (mxfp4.go)
+	mxKeeps map[*mergeplan.Tensor]*mxKeep // MXFP4 tensors requantized (mxkeep.go)
+	pinLeft atomic.Int64                  // of mxPinBytes, for their scales
 }
 
 type blockKey struct{ tensor, block int }
@@ -125,6 +138,9 @@ func New(s *mergeplan.Shard, in map[string]io.ReaderAt, opts Options) (*Shard, e
 	}
 	factors := newLRU[factorKey, *factors](factorBytes)
 	packed := newLRU[packKey, []float64](factorBytes)
+	sh.packed, sh.mxKeeps = packed, map[*mergeplan.Tensor]*mxKeep{}
+	sh.pinLeft.Store(mxPinBytes)
+	sh.slabs = newLRU[slabKey, *mxSlab](2 * largestSlab(s))
 	kern, err := kernelFor(opts.Kernel)
 	if err != nil {
 		return nil, err
@@ -176,6 +192,9 @@ type caches struct {
 }
 
 func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.ReaderAt, c caches, kern kernel) (*tensor, error) {
+	if t.Requant != nil && t.Requant.Of != nil {
+		return sh.newMXOutput(t, off, n, in, c, kern)
+	}
 	refs := []mergeplan.Ref{t.Source}
 	for _, d := range t.Deltas {
 		refs = append(refs, d.A, d.B)
@@ -230,6 +249,9 @@ func (sh *Shard) newTensor(t *mergeplan.Tensor, off, n int64, in map[string]io.R
 			m.colScale = m.columnScale(sh.jobs, sh.pool)
 		}
 		if t.Dequant != nil {
+			if t.Dequant.MXFP4 {
+				m.slabs = sh.slabs // source() reads MXFP4 sources expert by expert when set
+			}
 			if err := m.prepareDequant(); err != nil {
 				return nil, err
 			}

@@ -30,7 +30,8 @@ type tensor struct {
 	rqRows     []rqStat // what survived the requantization, row by row
 	of         *tensor  // for a scale tensor: the requantized weight it belongs to
 	blockRows  int
-	slabs      *lru[int, *mxSlab] // an MXFP4 source's experts as stored (mxfp4.go)
+	slabs      *lru[slabKey, *mxSlab] // an MXFP4 source's experts as stored (mxfp4.go)
+	mx         *mxKeep                // an MXFP4 _blocks or _scales requantized (mxkeep.go)
 }
 
 type patch struct {

@@ -56,6 +56,12 @@ type Dequant struct {
 type Requant struct {
 	BlockRows, BlockCols int64
 	ScaleDType           safetensors.DType
+	// Of, for an MXFP4 base (quant_mxfp4.go), makes this output the <param>_blocks
+	// (Scales false) or the <param>_scales (Scales true) of the merged tensor Of, the
+	// dequantized P (E, in, out) with its deltas, requantized in MXFP4: Of itself is
+	// not an output.
+	Of     *Tensor
+	Scales bool
 }
 
 // Quantization is what the plan found about a quantized base, for reports.
@@ -328,15 +334,20 @@ func (b *builder) quantSizes() {
 		}
 	}
 	if b.quant.method == "mxfp4" {
-		q.Bytes[string(QuantBF16)] = out
-		// out is the size in the mode planned; the other differs by the MXFP4 pairs
-		// mixed copies and bf16 dequantizes. keep is not built for MXFP4.
-		kept := b.mxfp4Kept()
-		if b.in.Options.Quantized == QuantMixed {
-			q.Bytes[string(QuantBF16)], q.Bytes[string(QuantMixed)] = out+kept, out
-		} else {
-			q.Bytes[string(QuantMixed)] = out - kept
+		// out is the size in the mode planned; the others differ by the MXFP4 pairs
+		// bf16 dequantizes (all of them), mixed copies (kept) and keep writes as the
+		// base has them.
+		all, kept := b.mxfp4Growth()
+		bf16 := out
+		switch b.in.Options.Quantized {
+		case QuantMixed:
+			bf16 = out + kept
+		case QuantKeep:
+			bf16 = out + all
 		}
+		q.Bytes[string(QuantBF16)] = bf16
+		q.Bytes[string(QuantMixed)] = bf16 - kept
+		q.Bytes[string(QuantKeep)] = bf16 - all
 		return
 	}
 	esz := int64(2) // BF16, or what --dtype makes of it

@@ -72,9 +72,6 @@ func (b *builder) dequantizeMXFP4() {
 		b.p.Quant.Scales = append(b.p.Quant.Scales, Scale{Weight: name, Name: sref.Name, File: sref.File, WeightFile: ref.File,
 			DType: string(sref.DType), WeightDType: "MXFP4 (E2M1 pairs in U8)", CrossShard: sref.File != ref.File})
 	}
-	if b.in.Options.Quantized == QuantKeep {
-		b.problem("--quantized", "is keep; an MXFP4 (gpt-oss) base is merged with --quantized bf16 or mixed (keep is not built yet)")
-	}
 }
 
 // mxModule is the module a mixed MXFP4 merge names in modules_to_not_convert for an
@@ -116,18 +113,56 @@ func (b *builder) mixMXFP4() {
 			}
 			continue
 		}
-		blocks, scales := t.Source, t.Dequant.Scale
-		b.outs[blocks.Name] = &Tensor{Name: blocks.Name, DType: blocks.DType, Shape: blocks.Shape, Source: blocks}
-		delete(b.outs, name)
-		delete(b.dropped, scales.Name)
+		b.copyMXFP4(t)
 	}
 	b.p.Quant.NotConverted = sortedKeys(bf16)
 }
 
-// mxfp4Kept is how many bytes mixed mode saves against bf16: for every MLP whose MXFP4
-// parameters the adapter leaves alone, their dequantized size less their blocks and
-// scales.
-func (b *builder) mxfp4Kept() int64 {
+// copyMXFP4 plans the MXFP4 pair of the dequantized t as the base has it, byte for byte.
+func (b *builder) copyMXFP4(t *Tensor) {
+	blocks, scales := t.Source, t.Dequant.Scale
+	b.outs[blocks.Name] = &Tensor{Name: blocks.Name, DType: blocks.DType, Shape: blocks.Shape, Source: blocks}
+	delete(b.outs, t.Name)
+	delete(b.dropped, scales.Name)
+}
+
+// keepMXFP4 settles --quantized keep: untouched pairs are copied byte for byte; a
+// touched parameter P is merged as in bf16 mode (the exact dequantization plus the
+// deltas) and requantized into its own P_blocks and P_scales, in their places and the
+// base's geometry (merge/mxkeep.go says how).
+func (b *builder) keepMXFP4() {
+	for _, name := range sortedKeys(b.outs) {
+		t := b.outs[name]
+		if t.Name != name || t.Dequant == nil || !t.Dequant.MXFP4 {
+			continue
+		}
+		if !touchedMXFP4(t) {
+			b.copyMXFP4(t)
+			continue
+		}
+		if t.DoRA != nil || len(t.Patches) > 0 || t.Source.Adapter() {
+			continue // refused by checkMXFP4
+		}
+		blocks, scales := t.Source, t.Dequant.Scale
+		rq := Requant{BlockRows: MXFP4Block, BlockCols: 1, ScaleDType: safetensors.U8, Of: t}
+		b.outs[blocks.Name] = &Tensor{Name: blocks.Name, DType: blocks.DType, Shape: blocks.Shape, Source: blocks,
+			Requant: &rq, Reason: "merged and requantized to MXFP4"}
+		rs := rq
+		rs.Scales = true
+		b.outs[scales.Name] = &Tensor{Name: scales.Name, DType: scales.DType, Shape: scales.Shape, Source: scales,
+			Requant: &rs, Reason: "E8M0 scales of the requantized " + name}
+		delete(b.dropped, scales.Name)
+		b.p.Quant.Requantized = append(b.p.Quant.Requantized, name)
+		b.warn(name, "is requantized to MXFP4 (--quantized keep): E2M1 has one mantissa bit, so most of a LoRA delta "+
+			"usually rounds away; the merge reports how much survived. Check it before publishing, or use --quantized mixed or bf16")
+	}
+}
+
+// mxfp4Growth is how many bytes dequantizing MXFP4 parameters adds: all of them (what
+// bf16 adds to keep), and those of every MLP whose MXFP4 parameters the adapter leaves
+// alone (what mixed mode saves against bf16): their dequantized size less their blocks
+// and scales.
+func (b *builder) mxfp4Growth() (all, kept int64) {
 	esz := int64(2) // BF16, or what --dtype makes of it
 	if d := b.in.Options.DType.dtype(); d != "" {
 		esz = int64(d.Bits() / 8)
@@ -139,22 +174,22 @@ func (b *builder) mxfp4Kept() int64 {
 		if !ok || b.base.byName[name].Ref.DType != safetensors.U8 {
 			continue
 		}
-		t := b.outs[param] // absent where mixed mode copies the pair
+		t := b.outs[param] // absent where mixed or keep mode copies the pair
 		m := mxModule(param)
 		byModule[m] = append(byModule[m], b.base.byName[name].Ref)
 		touched[m] = touched[m] || (t != nil && touchedMXFP4(t))
 	}
-	var kept int64
 	for m, refs := range byModule {
-		if touched[m] {
-			continue
-		}
 		for _, src := range refs {
-			elems := src.Len * 2                     // two codes a byte
-			kept += elems*esz - src.Len - src.Len/16 // one scale byte per 16 code bytes
+			elems := src.Len * 2                      // two codes a byte
+			grown := elems*esz - src.Len - src.Len/16 // one scale byte per 16 code bytes
+			all += grown
+			if !touched[m] {
+				kept += grown
+			}
 		}
 	}
-	return kept
+	return all, kept
 }
 
 // checkMXFP4 refuses what an MXFP4 tensor cannot be merged with, and settles mixed mode.
@@ -168,7 +203,10 @@ func (b *builder) checkMXFP4() {
 			b.problem(name, "is an MXFP4 expert tensor; hfmerge merges LoRA (expert LoRA) into it, not DoRA, trained rows or a full replacement")
 		}
 	}
-	if b.in.Options.Quantized == QuantMixed {
+	switch b.in.Options.Quantized {
+	case QuantMixed:
 		b.mixMXFP4()
+	case QuantKeep:
+		b.keepMXFP4()
 	}
 }

@@ -24,7 +24,7 @@ func commonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "local-dir", Usage: "read and keep the Hub base in `DIR` laid out as hf download --local-dir does, instead of the HF cache"},
 		&cli.BoolFlag{Name: "keep-base", Usage: "keep the base's files this run downloads (default: stream them and keep nothing)"},
 		&cli.StringFlag{Name: "dtype", Value: "keep", Usage: "output dtype of float tensors: keep, bf16, fp16 or fp32"},
-		&cli.StringFlag{Name: "quantized", Value: "bf16", Usage: "for a quantized (block-FP8) base: bf16 (every weight dequantized exactly, in BF16), keep (touched weights requantized in the base's format) or mixed (touched weights in BF16, the rest as they are)"},
+		&cli.StringFlag{Name: "quantized", Value: "bf16", Usage: "for a quantized base (block FP8, compressed-tensors FP8, MXFP4): bf16 (every weight dequantized exactly, in BF16), keep (touched weights requantized in the base's format) or mixed (touched weights in BF16, the rest as they are)"},
 		&cli.StringFlag{Name: "tied-embeddings", Value: "untie", Usage: "when the adapter changes one side of tied embeddings: untie (the merged model computes what base + adapter did) or fold (add into the shared tensor, as PEFT does)"},
 		&cli.StringFlag{Name: "expert-layout", Usage: "how to read square expert parameters of an adapter trained on MoE experts (target_parameters) when neither the shapes nor the PEFT version settle it: out-in (PEFT 0.19.1 and later) or in-out (PEFT 0.18 and earlier)"},
 		&cli.IntFlag{Name: "jobs", Value: runtime.NumCPU(), Usage: "cores to merge with"},

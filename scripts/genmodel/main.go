@@ -30,7 +30,16 @@ func main() {
 	adapterOnly := flag.Bool("adapter-only", false, "write only the adapter (the base is the same for every rank)")
 	targets := flag.String("targets", strings.Join(projections, ","), "modules the adapter trains: projections and embed_tokens, comma-separated")
 	dora := flag.Bool("dora", false, "a DoRA adapter: a magnitude vector on every target")
+	mxExperts := flag.Int("mxfp4-experts", 0, "write a gpt-oss-shaped MXFP4 model with this many experts a layer instead, and an expert LoRA on every layer's gate_up_proj and down_proj (-targets and -fp8 do not apply)")
 	flag.Parse()
+	if *mxExperts > 0 {
+		if *out == "" {
+			fmt.Fprintln(os.Stderr, "genmodel: -out is required")
+			os.Exit(2)
+		}
+		mxfp4(*out, *hidden, *inter, *layers, *vocab, *mxExperts, *rank, *seed, *shard)
+		return
+	}
 	want := strings.Split(*targets, ",")
 	for _, t := range want {
 		if !slices.Contains(projections, t) && t != "embed_tokens" {
@@ -104,3 +113,34 @@ func main() {
 }
 
 var projections = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+// mxfp4 writes a gpt-oss-shaped base (fixture.MoE, Interleaved, with MXFP4 experts)
+// and an expert LoRA on both expert parameters of every layer, as PEFT 0.20 nests them
+// (gate_up_proj wrapped first).
+func mxfp4(out string, hidden, inter, layers, vocab, experts, rank int, seed uint64, shardMB int64) {
+	m := fixture.MoE(fixture.MoESpec{Hidden: hidden, Intermediate: inter, Experts: experts, Layers: layers, Vocab: vocab,
+		Layout: fixture.Interleaved, DType: safetensors.BF16, Seed: seed, Lazy: true})
+	m.MXFP4(seed + 2)
+	var total int64
+	for _, t := range m.Tensors {
+		total += t.Bytes()
+	}
+	m.SplitMax(shardMB * 1000 * 1000)
+	a := fixture.NewExpertAdapter(rank, float64(2*rank), "0.20.0", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+	a.Config["base_model_name_or_path"] = "bench/gpt-oss"
+	r := fixture.NewRand(seed + 1)
+	h, i := int64(hidden), int64(inter)
+	for l := 0; l < layers; l++ {
+		a.Experts(fixture.ExpertsModule(l), 1, experts, rank, h, 2*i, safetensors.F32, r)
+		a.Experts(fixture.ExpertsModule(l), 0, experts, rank, i, h, safetensors.F32, r)
+	}
+	for _, w := range []func() error{func() error { return m.Write(filepath.Join(out, "base")) },
+		func() error { return a.Write(filepath.Join(out, "adapter")) }} {
+		if err := w(); err != nil {
+			fmt.Fprintln(os.Stderr, "genmodel:", err)
+			os.Exit(1)
+		}
+	}
+	fmt.Printf("wrote %s: MXFP4 model, %d experts a layer, %d tensors in %d shards, %.2f GB; expert LoRA rank %d\n",
+		out, experts, len(m.Tensors), len(m.Shards), float64(total)/1e9, rank)
+}
