@@ -4,7 +4,8 @@
 # then, with no container runtime, the image's layer extracted by the system tar and
 # hfmerge run from that filesystem in a chroot, as the image's user with the image's
 # environment: `hfmerge version` must print the version the image is labelled with, and
-# a merge of testdata must give the same shards and index as the host's build.
+# a merge of testdata must give the same shards and index as the host's build. The
+# Dockerfile is linted. Needs Go, git, GNU tar, chroot, and npm for the lint.
 # As root the chroot runs as the image's non-root user (chroot --userspec); otherwise in
 # a user namespace (unshare -r) as the namespace's root, which this script says.
 set -euo pipefail
@@ -13,6 +14,13 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 (cd scripts/image && GOFLAGS= go vet ./... && GOFLAGS= go test -count=1 ./...)
+# The Dockerfile cannot be built here (no daemon, no registry): it is linted by
+# dockerfile-utils, pinned in scripts/image/dockerlint, and compared with this image by
+# scripts/image/dockerfile_test.go above.
+(cd scripts/image/dockerlint && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
+	node_modules/.bin/dockerfile-utils lint ../../../Dockerfile) ||
+	{ echo "image-check: Dockerfile lint failed" >&2; exit 1; }
+echo "image-check: Dockerfile lints clean"
 
 scripts/image.sh "$work/a.tar"
 GOCACHE="$work/gocache" scripts/image.sh "$work/b.tar"
