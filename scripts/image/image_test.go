@@ -223,6 +223,20 @@ func TestCABundle(t *testing.T) {
 	}
 }
 
+func TestQualified(t *testing.T) {
+	for in, want := range map[string]string{
+		"hfmerge:v1":                "docker.io/library/hfmerge:v1",
+		"me/hfmerge:v1":             "docker.io/me/hfmerge:v1",
+		"ghcr.io/me/hfmerge:v1":     "ghcr.io/me/hfmerge:v1",
+		"localhost:5000/hfmerge:v1": "localhost:5000/hfmerge:v1",
+		"localhost/hfmerge:v1":      "localhost/hfmerge:v1",
+	} {
+		if got := qualified(in); got != want {
+			t.Errorf("qualified(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestTag(t *testing.T) {
 	for in, want := range map[string]string{
 		"v1.2.3":                   "v1.2.3",

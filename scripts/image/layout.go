@@ -108,6 +108,20 @@ func tag(version string) string {
 	return t
 }
 
+// qualified spells ref as docker normalizes a name before looking it up: a bare name
+// is under docker.io/library/, a namespaced one under docker.io/, and one whose first
+// component is a host (a dot, a port or localhost) stays as it is.
+func qualified(ref string) string {
+	first, _, namespaced := strings.Cut(ref, "/")
+	switch {
+	case namespaced && (strings.ContainsAny(first, ".:") || first == "localhost"):
+		return ref
+	case namespaced:
+		return "docker.io/" + ref
+	}
+	return "docker.io/library/" + ref
+}
+
 // buildImage returns the image tarball: an OCI image layout (oci-layout, index.json,
 // blobs/sha256/…) plus a docker-archive manifest.json over the same blobs.
 func buildImage(spec imageSpec, files []entry) ([]byte, error) {
@@ -169,10 +183,11 @@ func buildImage(spec imageSpec, files []entry) ([]byte, error) {
 			Digest:    digestOf(manJSON),
 			Size:      int64(len(manJSON)),
 			Annotations: map[string]string{
-				// The tag, by the image-layout spec; containerd (docker's
-				// containerd store, nerdctl) names the image from the other one.
-				"org.opencontainers.image.ref.name": tag(spec.Version),
-				"io.containerd.image.name":          ref,
+				// podman and skopeo name the image from ref.name, docker's
+				// containerd image store from io.containerd.image.name, which it
+				// looks up only in the fully qualified form.
+				"org.opencontainers.image.ref.name": ref,
+				"io.containerd.image.name":          qualified(ref),
 			},
 			Platform: &platform{Architecture: spec.Arch, OS: "linux"},
 		}},
