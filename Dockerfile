@@ -20,10 +20,13 @@ ARG TARGETARCH
 RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -buildvcs=false \
 	-ldflags "-s -w -buildid= -X github.com/hfmerge/hfmerge.version=$VERSION" \
 	-o /out/hfmerge ./cmd/hfmerge
+# HF_HOME, made the user's here because the final stage has no shell to do it.
+RUN mkdir -p /out/cache/huggingface
 
 # static: no libc, /etc/passwd with nonroot, /home/nonroot, /tmp, CA certificates.
 FROM gcr.io/distroless/static-debian13:nonroot
 COPY --from=build /out/hfmerge /usr/local/bin/hfmerge
+COPY --from=build --chown=65532:65532 /out/cache /home/nonroot/.cache
 ENV HOME=/home/nonroot \
 	HF_HOME=/home/nonroot/.cache/huggingface \
 	SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"testing"
@@ -119,7 +120,8 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("final stage ENV %v lacks %s", envs, want)
 		}
 	}
-	if c := get("COPY"); len(c) != 1 || !strings.HasSuffix(c[0], " "+binaryPath) {
-		t.Errorf("final stage COPY %v, want the binary copied to %s", c, binaryPath)
+	if c := get("COPY"); len(c) != 2 || !strings.HasSuffix(c[0], " "+binaryPath) ||
+		!strings.Contains(c[1], "--chown=65532:65532") || !strings.HasSuffix(c[1], " "+path.Dir(hfHome)) {
+		t.Errorf("final stage COPY %v, want the binary copied to %s and %s made the user's", c, binaryPath, hfHome)
 	}
 }

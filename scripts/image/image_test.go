@@ -152,6 +152,7 @@ func TestImageLayout(t *testing.T) {
 		"usr/local/bin/hfmerge":             {0o755, 0, 0},
 		"etc/ssl/certs/ca-certificates.crt": {0o644, 0, 0},
 		"home/nonroot/":                     {0o700, 65532, 65532},
+		"home/nonroot/.cache/huggingface/":  {0o755, 65532, 65532},
 		"tmp/":                              {0o1777, 0, 0},
 	} {
 		h := byName[name]

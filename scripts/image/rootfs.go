@@ -65,7 +65,16 @@ func rootfs(binary, certs []byte) []entry {
 	}
 	addDir(entry{name: "root", dir: true, mode: 0o700})
 	addDir(entry{name: "home", dir: true, mode: 0o755})
-	addDir(entry{name: strings.TrimPrefix(home, "/"), dir: true, mode: 0o700, uid: uid, gid: gid})
+	// HF_HOME exists, the user's: a named volume mounted there starts with this
+	// ownership (docker and podman copy it into an empty volume), where a missing
+	// mount point would be made root's and refuse the user.
+	for d := hfHome; d != path.Dir(home); d = path.Dir(d) {
+		mode := int64(0o755)
+		if d == home {
+			mode = 0o700
+		}
+		addDir(entry{name: strings.TrimPrefix(d, "/"), dir: true, mode: mode, uid: uid, gid: gid})
+	}
 	addDir(entry{name: "tmp", dir: true, mode: 0o1777})
 	all := files
 	for _, d := range dirs {
