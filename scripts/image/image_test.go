@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -106,6 +107,17 @@ func TestImageLayout(t *testing.T) {
 	}
 	if c.Ref != "hfmerge:v1.2.3-meta" {
 		t.Errorf("ref %q, want the version made a valid tag", c.Ref)
+	}
+	var idx index
+	if err := json.Unmarshal(files["index.json"], &idx); err != nil {
+		t.Fatal(err)
+	}
+	if a := idx.Manifests[0].Annotations; a["org.opencontainers.image.ref.name"] != "hfmerge:v1.2.3-meta" ||
+		a["io.containerd.image.name"] != "docker.io/library/hfmerge:v1.2.3-meta" {
+		t.Errorf("index annotations %v", a)
+	}
+	if p := idx.Manifests[0].Platform; p == nil || p.Architecture != "amd64" || p.OS != "linux" {
+		t.Errorf("index platform %+v", p)
 	}
 	cfg := c.Config
 	if cfg.Config.User != "65532:65532" || !slices.Equal(cfg.Config.Entrypoint, []string{"/usr/local/bin/hfmerge"}) ||
