@@ -27,10 +27,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 SECONDS=0
 # A static binary (no cgo), no build paths (-trimpath), no build id, the version
-# stamped; GOFLAGS from the environment (say -buildvcs=false or -race) would change the
-# bytes, so it is emptied, and the CPU level is pinned to Go's default.
+# stamped by -X. No VCS stamping (-buildvcs=false): the go command stamps a clone but not
+# a git worktree (it looks for a .git directory), nor a tree without .git, so the bytes
+# would depend on how the commit was checked out. GOFLAGS from the environment (say
+# -race) would change the bytes too, so it is emptied, and the CPU level is pinned to
+# Go's default.
 env GOFLAGS= CGO_ENABLED=0 GOOS=linux GOARCH="$arch" GOAMD64=v1 GOARM64=v8.0 \
-	go build -trimpath -buildvcs=true \
+	go build -trimpath -buildvcs=false \
 	-ldflags "-s -w -buildid= -X github.com/hfmerge/hfmerge.version=$version" \
 	-o "$tmp/hfmerge" ./cmd/hfmerge
 (cd scripts/image && GOFLAGS= go run . -binary "$tmp/hfmerge" -out "$out" -version "$version" \
