@@ -36,7 +36,8 @@ env GOFLAGS= CGO_ENABLED=0 GOOS=linux GOARCH="$arch" GOAMD64=v1 GOARM64=v8.0 \
 	go build -trimpath -buildvcs=false \
 	-ldflags "-s -w -buildid= -X github.com/hfmerge/hfmerge.version=$version" \
 	-o "$tmp/hfmerge" ./cmd/hfmerge
-(cd scripts/image && GOFLAGS= go run . -binary "$tmp/hfmerge" -out "$out" -version "$version" \
+# The image writer runs here, whatever GOOS and GOARCH the image is for.
+(cd scripts/image && env -u GOOS -u GOARCH GOFLAGS= go run . -binary "$tmp/hfmerge" -out "$out" -version "$version" \
 	-revision "$revision" -created "$epoch" -arch "$arch")
 
 echo "image: hfmerge $version linux/$arch, $(stat -c %s "$out") bytes, built in ${SECONDS} s" >&2
