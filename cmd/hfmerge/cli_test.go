@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,24 @@ func TestCLIHygiene(t *testing.T) {
 		lines := strings.Split(strings.TrimSpace(stderr), "\n")
 		if code != 2 || stdout != "" || len(lines) > 2 || !strings.Contains(stderr, c.want) {
 			t.Errorf("%v: exit %d, stdout %q, stderr:\n%s", c.args, code, stdout, stderr)
+		}
+	}
+	// With --log-format json, a flag the parser refuses (before or after the format) is
+	// the run's one JSON record, with its exit status.
+	for _, args := range [][]string{
+		{"plan", "--log-format", "json", "--bse", "x"},
+		{"plan", "--bse", "x", "--log-format=json"},
+	} {
+		code, stdout, stderr := e.run(t, "", args...)
+		var rec struct {
+			Level      string `json:"level"`
+			Error      string `json:"error"`
+			ExitStatus int    `json:"exit_status"`
+		}
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if code != 2 || stdout != "" || len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &rec) != nil ||
+			rec.Level != "ERROR" || rec.ExitStatus != 2 || !strings.Contains(rec.Error, "--base") {
+			t.Errorf("%v: exit %d, stdout %q, stderr:\n%s", args, code, stdout, stderr)
 		}
 	}
 	if code, stdout, _ := e.run(t, "", "--version"); code != 0 || !strings.HasPrefix(stdout, "hfmerge version ") {

@@ -97,6 +97,11 @@ func signalStatus(s os.Signal) int {
 // run runs the command line and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	st := &state{stdout: stdout, stderr: stderr, start: time.Now()}
+	if jsonLogs(args) {
+		// A flag the parser refuses ends the run before the options are read: the
+		// caller who asked for JSON still gets its one record.
+		st.setLog("json")
+	}
 	app := newApp(st)
 	err := app.RunContext(ctx, args)
 	if err == nil {
@@ -105,7 +110,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if !errors.As(err, &ee) {
 		// Errors the flag parser returns are usage errors; actions wrap all of theirs.
-		fmt.Fprintf(stderr, "hfmerge: %s\nRun 'hfmerge help' for usage.\n", st.redact(err.Error()))
+		if st.json {
+			st.fail(err, exitUsage)
+		} else {
+			fmt.Fprintf(stderr, "hfmerge: %s\nRun 'hfmerge help' for usage.\n", st.redact(err.Error()))
+		}
 		return exitUsage
 	}
 	switch {
@@ -115,6 +124,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		st.fail(errors.New("see the records above"), ee.code)
 	}
 	return ee.code
+}
+
+// jsonLogs says whether the command line asks for --log-format json, read before the
+// flag parser, which may stop at another flag first.
+func jsonLogs(args []string) bool {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		switch a {
+		case "--log-format=json", "-log-format=json":
+			return true
+		case "--log-format", "-log-format":
+			if i+1 < len(args) && args[i+1] == "json" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // errReported marks an error whose details were already printed.
