@@ -298,33 +298,11 @@ func TestBlockFP8Keep(t *testing.T) {
 					A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
 					W := dequantRef(m, name, block, rightBlock)
 					exact := exactValues(W, rows, cols, []refDelta{linearDelta(2, 8, A, B)})
-					sc := int(scale.Shape[1])
-					amax := make([]float64, len(scale.Values))
-					for i, x := range exact {
-						b := (i/cols/int(block[0]))*sc + (i%cols)/int(block[1])
-						amax[b] = max(amax[b], math.Abs(x.hi))
-						s := scale.Values[b]
-						want, ok := e4m3Nearest(x, s)
-						if !ok {
-							t.Fatalf("%s[%d]: %v / %v saturates", name, i, x.hi, s)
-						}
-						if got[i] != want {
-							t.Fatalf("%s[%d]: code %#02x, want %#02x (exact %v / scale %v)", name, i, got[i], want, x.hi, s)
-						}
-						kept := fixture.F8(safetensors.F8E4M3, got[i])*s - W[i]
-						d := x.hi - W[i]
-						elements++
-						if kept != 0 {
-							changed++
-						}
-						num += (kept - d) * (kept - d)
-						den += d * d
+					bad, st := keepVerdict(got, scale.Values, exact, W, cols, block)
+					if bad != "" {
+						t.Fatalf("%s: %s", name, bad)
 					}
-					for b, s := range scale.Values {
-						if amax[b] > 0 && s > 2*amax[b]/448 {
-							t.Errorf("%s block %d: scale %v is more than twice the %v its largest value %v needs", name, b, s, amax[b]/448, amax[b])
-						}
-					}
+					elements, changed, num, den = elements+st.n, changed+st.changed, num+st.num, den+st.den
 				}
 			}
 			t.Logf("keep: %d of %d touched elements changed; the delta kept is off by %.3g relative", changed, elements, math.Sqrt(num/den))
