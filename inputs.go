@@ -173,6 +173,11 @@ func baseFiles(s *mergeplan.Shard) []string {
 		if w := t.ScaleOf; w != nil {
 			refs = append(refs, w.Source, w.Dequant.Scale) // the weight the scales are chosen for
 		}
+		if t.Requant != nil && t.Requant.Of != nil {
+			// An MXFP4 _blocks or _scales output is computed from both of the pair,
+			// which may sit in different shards.
+			refs = append(refs, t.Requant.Of.Source, t.Requant.Of.Dequant.Scale)
+		}
 		for _, r := range refs {
 			if r.File == "" || r.Adapter() || seen[r.File] {
 				continue

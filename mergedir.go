@@ -300,11 +300,17 @@ func logRequantized(log *slog.Logger, stats []merge.RequantStats) {
 		return
 	}
 	for _, r := range stats {
-		level, msg := slog.LevelInfo, "requantized"
+		share := float64(r.Changed) / float64(max(r.Elements, 1))
+		// What the attributes mean, in words: changed_share is the share of the tensor's
+		// elements whose stored value moved; delta_error is ‖kept − ΔW‖ / ‖ΔW‖.
+		level, msg := slog.LevelInfo, fmt.Sprintf("requantized: %.1f%% of its elements changed value; the change kept is %.1f%% off the adapter's",
+			100*share, 100*r.DeltaError())
 		if r.DeltaError() > 0.5 {
-			level, msg = slog.LevelWarn, "requantized: most of the adapter's change to this tensor was lost to the "+r.Format+" grid; consider --quantized bf16 or mixed"
+			level, msg = slog.LevelWarn, fmt.Sprintf("requantized: most of the adapter's change to this tensor was lost to the %s grid "+
+				"(%.1f%% of its elements changed value; the change kept is %.0f%% off the adapter's); consider --quantized bf16 or mixed",
+				r.Format, 100*share, 100*r.DeltaError())
 		}
 		log.Log(context.Background(), level, msg, "tensor", r.Tensor, "format", r.Format, "elements", r.Elements, "changed", r.Changed,
-			"changed_share", float64(r.Changed)/float64(max(r.Elements, 1)), "delta_error", r.DeltaError())
+			"changed_share", share, "delta_error", r.DeltaError())
 	}
 }

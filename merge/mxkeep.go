@@ -183,10 +183,7 @@ func (k *mxKeep) compute(e int) (*mxQuant, error) {
 	}
 	var st rqStat
 	for _, s := range stats { // in order: the sums do not depend on the jobs
-		st.n += s.n
-		st.changed += s.changed
-		st.num += s.num
-		st.den += s.den
+		st.add(s)
 	}
 	k.mu.Lock()
 	k.stats[e] = st
@@ -268,14 +265,7 @@ func (k *mxKeep) quantize(m *tensor, e, j0, j1 int, v, w, eb []float64, q *mxQua
 					code = e2m1Exact(ex, s)
 				}
 				q.codes[bi*16+at] |= code << shift
-				kept := e2m1Value(code)*s - w[i]
-				d := x - w[i]
-				st.n++
-				if kept != 0 {
-					st.changed++
-				}
-				st.num += (kept - d) * (kept - d)
-				st.den += d * d
+				st.count(w[i], x, e2m1Value(code)*s)
 			}
 		}
 	}
@@ -393,18 +383,9 @@ func e2m1Exact(x dd, s float64) byte {
 
 func e2m1Value(c byte) float64 { return safetensors.E2M1Table()[c&15] }
 
-// stats is what survived the requantization of the experts computed so far.
+// requantStats is what survived the requantization of the experts computed so far.
 func (k *mxKeep) requantStats() RequantStats {
-	r := RequantStats{Tensor: k.of.Name, Format: "MXFP4"}
-	var num, den float64
 	k.mu.Lock()
-	for _, st := range k.stats {
-		r.Elements += st.n
-		r.Changed += st.changed
-		num += st.num
-		den += st.den
-	}
-	k.mu.Unlock()
-	r.DeltaNorm, r.ErrorNorm = math.Sqrt(den), math.Sqrt(num)
-	return r
+	defer k.mu.Unlock()
+	return requantStats(k.of.Name, "MXFP4", k.stats)
 }

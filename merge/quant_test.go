@@ -298,33 +298,11 @@ func TestBlockFP8Keep(t *testing.T) {
 					A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
 					W := dequantRef(m, name, block, rightBlock)
 					exact := exactValues(W, rows, cols, []refDelta{linearDelta(2, 8, A, B)})
-					sc := int(scale.Shape[1])
-					amax := make([]float64, len(scale.Values))
-					for i, x := range exact {
-						b := (i/cols/int(block[0]))*sc + (i%cols)/int(block[1])
-						amax[b] = max(amax[b], math.Abs(x.hi))
-						s := scale.Values[b]
-						want, ok := e4m3Nearest(x, s)
-						if !ok {
-							t.Fatalf("%s[%d]: %v / %v saturates", name, i, x.hi, s)
-						}
-						if got[i] != want {
-							t.Fatalf("%s[%d]: code %#02x, want %#02x (exact %v / scale %v)", name, i, got[i], want, x.hi, s)
-						}
-						kept := fixture.F8(safetensors.F8E4M3, got[i])*s - W[i]
-						d := x.hi - W[i]
-						elements++
-						if kept != 0 {
-							changed++
-						}
-						num += (kept - d) * (kept - d)
-						den += d * d
+					bad, st := keepVerdict(got, scale.Values, exact, W, cols, block)
+					if bad != "" {
+						t.Fatalf("%s: %s", name, bad)
 					}
-					for b, s := range scale.Values {
-						if amax[b] > 0 && s > 2*amax[b]/448 {
-							t.Errorf("%s block %d: scale %v is more than twice the %v its largest value %v needs", name, b, s, amax[b]/448, amax[b])
-						}
-					}
+					elements, changed, num, den = elements+st.n, changed+st.changed, num+st.num, den+st.den
 				}
 			}
 			t.Logf("keep: %d of %d touched elements changed; the delta kept is off by %.3g relative", changed, elements, math.Sqrt(num/den))
@@ -371,55 +349,60 @@ func requantStats(t *testing.T, m *fixture.Model, a *fixture.Adapter) merge.Requ
 	return sum
 }
 
-// TestBlockFP8Mixed: untouched weights and scales byte-identical, touched weights the
-// correctly rounded BF16 of the exact merge, and the config names exactly them.
+// TestBlockFP8Mixed, for each of the four scale dtypes: untouched weights and scales
+// byte-identical, touched weights the correctly rounded BF16 of the exact merge, and
+// the config names exactly them.
 func TestBlockFP8Mixed(t *testing.T) {
-	block := [2]int64{64, 32}
-	m := fp8Llama(block, safetensors.F8E8M0, 21)
-	a := fp8Adapter(m, 22)
-	res := run(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantMixed})
-	touched := map[string]bool{}
-	var names []string
-	var tl tally
-	for l := 0; l < 2; l++ {
-		for _, p := range fp8Targets {
-			mod := fmt.Sprintf("model.layers.%d.%s", l, p)
-			name := mod + ".weight"
-			names = append(names, mod)
-			touched[name], touched[name+"_scale_inv"] = true, true
-			w := m.Tensor(name)
-			got := res.tensor(t, name)
-			if got.DType != safetensors.BF16 {
-				t.Fatalf("%s is %s, want BF16", name, got.DType)
+	for _, sdt := range scaleDTypes {
+		t.Run("scale="+string(sdt), func(t *testing.T) {
+			block := [2]int64{64, 32}
+			m := fp8Llama(block, sdt, 21)
+			a := fp8Adapter(m, 22)
+			res := run(t, m, a, mergeplan.Options{Quantized: mergeplan.QuantMixed})
+			touched := map[string]bool{}
+			var names []string
+			var tl tally
+			for l := 0; l < 2; l++ {
+				for _, p := range fp8Targets {
+					mod := fmt.Sprintf("model.layers.%d.%s", l, p)
+					name := mod + ".weight"
+					names = append(names, mod)
+					touched[name], touched[name+"_scale_inv"] = true, true
+					w := m.Tensor(name)
+					got := res.tensor(t, name)
+					if got.DType != safetensors.BF16 {
+						t.Fatalf("%s is %s, want BF16", name, got.DType)
+					}
+					if _, ok := res.tensors[name+"_scale_inv"]; ok {
+						t.Errorf("%s_scale_inv is in the output", name)
+					}
+					A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
+					checkTensor(&tl, safetensors.BF16, got.Values, dequantRef(m, name, block, rightBlock), int(w.Shape[0]), int(w.Shape[1]),
+						[]refDelta{linearDelta(2, 8, A, B)})
+				}
 			}
-			if _, ok := res.tensors[name+"_scale_inv"]; ok {
-				t.Errorf("%s_scale_inv is in the output", name)
+			tl.assert(t, "mixed", safetensors.BF16, false)
+			for _, bt := range m.Tensors {
+				if !touched[bt.Name] && !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)) {
+					t.Errorf("%s is untouched but its bytes changed", bt.Name)
+				}
 			}
-			A, B := a.Tensor(fixture.Key(mod, "lora_A.weight")), a.Tensor(fixture.Key(mod, "lora_B.weight"))
-			checkTensor(&tl, safetensors.BF16, got.Values, dequantRef(m, name, block, rightBlock), int(w.Shape[0]), int(w.Shape[1]),
-				[]refDelta{linearDelta(2, 8, A, B)})
-		}
-	}
-	tl.assert(t, "mixed", safetensors.BF16, false)
-	for _, bt := range m.Tensors {
-		if !touched[bt.Name] && !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)) {
-			t.Errorf("%s is untouched but its bytes changed", bt.Name)
-		}
-	}
-	var conf struct {
-		Q struct {
-			NotConvert []string `json:"modules_to_not_convert"`
-			Ignored    []string `json:"ignored_layers"`
-		} `json:"quantization_config"`
-	}
-	if err := json.Unmarshal(res.plan.Config, &conf); err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(names)
-	got := slices.Clone(conf.Q.NotConvert)
-	slices.Sort(got)
-	if !slices.Equal(got, names) || !slices.Equal(conf.Q.Ignored, conf.Q.NotConvert) {
-		t.Errorf("modules_to_not_convert %v, ignored_layers %v; want exactly %v", conf.Q.NotConvert, conf.Q.Ignored, names)
+			var conf struct {
+				Q struct {
+					NotConvert []string `json:"modules_to_not_convert"`
+					Ignored    []string `json:"ignored_layers"`
+				} `json:"quantization_config"`
+			}
+			if err := json.Unmarshal(res.plan.Config, &conf); err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(names)
+			got := slices.Clone(conf.Q.NotConvert)
+			slices.Sort(got)
+			if !slices.Equal(got, names) || !slices.Equal(conf.Q.Ignored, conf.Q.NotConvert) {
+				t.Errorf("modules_to_not_convert %v, ignored_layers %v; want exactly %v", conf.Q.NotConvert, conf.Q.Ignored, names)
+			}
+		})
 	}
 }
 
@@ -460,15 +443,15 @@ func TestCompressedFP8(t *testing.T) {
 						}
 						exact := exactValues(W, rows, cols, d)
 						scale := res.tensor(t, name+"_scale")
-						for i, x := range exact {
-							sc := scale.Values[0]
-							if strategy == "channel" {
-								sc = scale.Values[i/cols]
-							}
-							want, ok := e4m3Nearest(x, sc)
-							if !ok || res.raw[name][i] != want {
-								t.Fatalf("%s[%d]: code %#02x, want %#02x (saturates: %v)", name, i, res.raw[name][i], want, !ok)
-							}
+						block := [2]int64{int64(rows), int64(cols)} // one scale for the tensor
+						if strategy == "channel" {
+							block = [2]int64{1, int64(cols)} // one a row
+						}
+						if !slices.Equal(scale.Shape, s.Shape) || scale.DType != s.DType {
+							t.Fatalf("%s_scale is %s %v, want the base's %s %v", name, scale.DType, scale.Shape, s.DType, s.Shape)
+						}
+						if bad, _ := keepVerdict(res.raw[name], scale.Values, exact, W, cols, block); bad != "" {
+							t.Fatalf("%s: %s", name, bad)
 						}
 						if _, ok := res.tensors[mod+".input_scale"]; !ok {
 							t.Errorf("keep drops %s.input_scale", mod)
@@ -478,15 +461,33 @@ func TestCompressedFP8(t *testing.T) {
 				if mode != mergeplan.QuantKeep {
 					tl.assert(t, "compressed-tensors "+strategy, safetensors.BF16, false)
 				}
+				untouchedFP8 := 0
 				for _, bt := range m.Tensors {
 					_, kept := res.tensors[bt.Name]
 					quantized := bt.DType == safetensors.F8E4M3 || strings.HasSuffix(bt.Name, "_scale")
 					switch {
 					case touched[bt.Name]:
 					case mode == mergeplan.QuantBF16 && quantized:
-						if kept && bt.DType != safetensors.F8E4M3 {
-							t.Errorf("bf16 keeps %s", bt.Name)
+						if bt.DType != safetensors.F8E4M3 {
+							if kept {
+								t.Errorf("bf16 keeps %s", bt.Name)
+							}
+							continue
 						}
+						// An untouched weight: its exact dequantization, rounded once.
+						s := m.Tensor(bt.Name + "_scale")
+						got := res.tensor(t, bt.Name)
+						cols := int(bt.Shape[1])
+						for i, q := range bt.Values {
+							sc := s.Values[0]
+							if strategy == "channel" {
+								sc = s.Values[i/cols]
+							}
+							if want := fixture.RoundBF16(q * sc); got.DType != safetensors.BF16 || got.Values[i] != want {
+								t.Fatalf("%s[%d] = %s %v, want BF16 %v, the rounded exact dequantization", bt.Name, i, got.DType, got.Values[i], want)
+							}
+						}
+						untouchedFP8++
 					case !kept:
 						t.Errorf("%s is missing from the output", bt.Name)
 					case !bytes.Equal(res.raw[bt.Name], fixture.Encode(bt.DType, bt.Values)):
@@ -511,9 +512,25 @@ func TestCompressedFP8(t *testing.T) {
 							t.Errorf("bf16 keeps %s", name)
 						}
 					}
+					if untouchedFP8 == 0 {
+						t.Error("bf16: no untouched FP8 weight compared")
+					}
 				case mergeplan.QuantMixed:
-					if conf.Q == nil || len(conf.Q.Ignore) != 1+len(fp8Targets)*2 || conf.Q.Ignore[0] != "lm_head" {
-						t.Errorf("mixed: quantization_config.ignore is %+v", conf.Q)
+					// The base's ignore (lm_head) and exactly the modules written in BF16.
+					want := []string{"lm_head"}
+					for l := 0; l < 2; l++ {
+						for _, p := range fp8Targets {
+							want = append(want, fmt.Sprintf("model.layers.%d.%s", l, p))
+						}
+					}
+					var got []string
+					if conf.Q != nil {
+						got = slices.Clone(conf.Q.Ignore)
+					}
+					slices.Sort(got)
+					slices.Sort(want)
+					if !slices.Equal(got, want) {
+						t.Errorf("mixed: quantization_config.ignore is %v, want exactly %v", got, want)
 					}
 				}
 			})

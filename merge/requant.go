@@ -31,6 +31,38 @@ type rqStat struct {
 	num, den   float64 // Σ (kept change − delta)², Σ delta²
 }
 
+// count adds one element to st: w its dequantized base value, x its exact merged value
+// (as computed), q what its requantized code dequantizes to.
+func (st *rqStat) count(w, x, q float64) {
+	kept, d := q-w, x-w
+	st.n++
+	if kept != 0 {
+		st.changed++
+	}
+	st.num += (kept - d) * (kept - d)
+	st.den += d * d
+}
+
+// add adds o's elements to st.
+func (st *rqStat) add(o rqStat) {
+	st.n += o.n
+	st.changed += o.changed
+	st.num += o.num
+	st.den += o.den
+}
+
+// requantStats is the report on tensor, requantized to format, from the shares of its
+// rows (or experts) in stats, summed in order so that the figures do not depend on
+// the jobs.
+func requantStats(tensor, format string, stats []rqStat) RequantStats {
+	var sum rqStat
+	for _, st := range stats {
+		sum.add(st)
+	}
+	return RequantStats{Tensor: tensor, Format: format, Elements: sum.n, Changed: sum.changed,
+		DeltaNorm: math.Sqrt(sum.den), ErrorNorm: math.Sqrt(sum.num)}
+}
+
 // RequantStats says how much of the adapter's change survived the requantization of
 // one tensor: Changed of Elements dequantize to another value than the base's;
 // DeltaNorm is ‖ΔW‖ (Frobenius) and ErrorNorm ‖kept change − ΔW‖.
@@ -212,14 +244,7 @@ func (m *tensor) requantBlock(r0, r1 int, v, w, e []float64, dst []byte) error {
 				c = roundE4M3(ex, s)
 			}
 			dst[i] = c
-			kept := safetensors.F8Value(safetensors.F8E4M3, c)*s - w[i]
-			d := x - w[i]
-			st.n++
-			if kept != 0 {
-				st.changed++
-			}
-			st.num += (kept - d) * (kept - d)
-			st.den += d * d
+			st.count(w[i], x, safetensors.F8Value(safetensors.F8E4M3, c)*s)
 		}
 		m.rqMu.Lock()
 		m.rqRows[o] = st
@@ -303,18 +328,9 @@ func (s *Shard) Requantized() []RequantStats {
 		if t.t.Requant == nil || t.mx != nil {
 			continue
 		}
-		r := RequantStats{Tensor: t.t.Name, Format: string(t.t.DType)}
-		var num, den float64
 		t.rqMu.Lock()
-		for _, st := range t.rqRows {
-			r.Elements += st.n
-			r.Changed += st.changed
-			num += st.num
-			den += st.den
-		}
+		out = append(out, requantStats(t.t.Name, string(t.t.DType), t.rqRows))
 		t.rqMu.Unlock()
-		r.DeltaNorm, r.ErrorNorm = math.Sqrt(den), math.Sqrt(num)
-		out = append(out, r)
 	}
 	return out
 }

@@ -499,6 +499,13 @@ func (b *builder) settleQuant() {
 			}
 		}
 	}
+	if n := len(b.p.Quant.Requantized); mode == QuantKeep && n > 0 {
+		// One warning, not one a tensor: a DeepSeek-size adapter touches thousands.
+		b.warn("--quantized keep", "requantizes %d touched weights to F8_E4M3: with three mantissa bits a change smaller than "+
+			"half a step of the grid (about 1/16 of the value, more for values far below their block's largest) rounds away, "+
+			"so a small LoRA delta may partly vanish; merge and push log, per tensor, how much survived (a warning where "+
+			"most was lost). Check it before publishing, or use --quantized mixed or bf16", n)
+	}
 	if mode == QuantMixed {
 		b.fusedWarning()
 		for _, m := range b.p.Quant.NotConverted {

@@ -216,6 +216,17 @@ func TestBlockFP8KeepPlan(t *testing.T) {
 	if got := p.Quant.Requantized; len(got) != 2 {
 		t.Errorf("requantized: %v", got)
 	}
+	// The plan warns, before any merge, that the delta may round away.
+	var warned int
+	for _, w := range p.Warnings {
+		if w.Subject == "--quantized keep" && strings.Contains(w.Message, "requantizes 2 touched weights to F8_E4M3") &&
+			strings.Contains(w.Message, "how much survived") {
+			warned++
+		}
+	}
+	if warned != 1 {
+		t.Errorf("%d warnings that the requantization may lose the delta, want 1: %v", warned, p.Warnings)
+	}
 	a := fixture.NewAdapter(4, 4)
 	lora(m, a, "model.layers.0.self_attn.q_proj", 4)
 	a.Config["use_dora"] = true
