@@ -39,6 +39,17 @@ type WebhookPush struct {
 // commit (another scope, a deletion, another ref, a pull request), a repo that is no
 // source of this push (the webhook watches more, or it is the target's own commit).
 func FromWebhook(p *webhook.Payload, base string, adapters []string, target hub.Repo) (*WebhookPush, error) {
+	// The name is the payload's, which whoever can post to a handler writes: it must be
+	// a repo id and nothing else, or a ":5", "@dev" or "./dir" in it would be read as
+	// the weight, revision or local path of the adapter spec it becomes below.
+	if !validRepoID(p.Repo.Name) {
+		return nil, &UsageError{&webhook.FieldError{Field: "repo.name", Msg: fmt.Sprintf("%q is not a repo id (owner/name)", p.Repo.Name)}}
+	}
+	switch p.Repo.Type {
+	case "model", "dataset", "space":
+	default:
+		return nil, &UsageError{&webhook.FieldError{Field: "repo.type", Msg: fmt.Sprintf("%q is not model, dataset or space", p.Repo.Type)}}
+	}
 	evRepo := hub.Repo{Type: p.Repo.Type, ID: p.Repo.Name}
 	w := &WebhookPush{Base: base, Adapters: append([]string(nil), adapters...),
 		Run: Run{Webhook: p.Webhook.ID, Event: p.Event.Scope + " " + p.Event.Action, Repo: evRepo.String()}}

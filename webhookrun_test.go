@@ -78,3 +78,37 @@ func TestFromWebhook(t *testing.T) {
 		}
 	}
 }
+
+// TestFromWebhookRepoName: the event's repo name comes from the payload, which a relay
+// (or anyone who can post to the handler) writes. It must be a repo id and nothing more:
+// a weight (":5"), a revision ("@dev"), a type prefix or a local path would otherwise be
+// merged as the adapter spec it reads as.
+func TestFromWebhookRepoName(t *testing.T) {
+	const sha = "575db8b7a51b6f85eb06eee540738584589f131c"
+	target := hub.Repo{Type: "model", ID: "alice/merged"}
+	for _, name := range []string{"alice/lora:5", "alice/lora@dev", "alice/lora@" + sha, "./lora", "~/lora", "alice/..", "alice/a--b", "alice/lo ra"} {
+		p, err := webhook.Parse([]byte(`{"event":{"action":"update","scope":"repo.content"},
+			"repo":{"type":"model","name":"` + name + `"},
+			"updatedRefs":[{"ref":"refs/heads/main","oldSha":null,"newSha":"` + sha + `"}],"webhook":{"id":"h1","version":3}}`))
+		if err != nil {
+			continue // refused when read: as good
+		}
+		w, err := FromWebhook(p, "org/base", nil, target)
+		var fe *webhook.FieldError
+		if !errors.As(err, &fe) || fe.Field != "repo.name" {
+			adapters := []string(nil)
+			if w != nil {
+				adapters = w.Adapters
+			}
+			t.Errorf("repo.name %q: adapters %q, error %v; want a refusal naming repo.name", name, adapters, err)
+		}
+	}
+}
+
+func TestFromWebhookRepoType(t *testing.T) {
+	p := commitEvent(t, "models", "alice/lora", "refs/heads/main", "575db8b7a51b6f85eb06eee540738584589f131c")
+	var fe *webhook.FieldError
+	if _, err := FromWebhook(p, "org/base", nil, hub.Repo{Type: "model", ID: "alice/merged"}); !errors.As(err, &fe) || fe.Field != "repo.type" {
+		t.Errorf("repo.type \"models\": %v, want a refusal naming repo.type", err)
+	}
+}
