@@ -151,6 +151,11 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 				unlock()
 			}
 			os.Remove(ps.journalPath())
+			if ps.share != nil {
+				// A commit killed before it deleted the scratch branch, or a late
+				// share's record, left it behind: the run is published, it is done with.
+				ps.dropScratch(ctx)
+			}
 		}
 		return done, err
 	}

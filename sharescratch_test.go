@@ -1,0 +1,85 @@
+package hfmerge
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/mergeplan"
+	"github.com/hfmerge/hfmerge/upload"
+)
+
+// loadRemote loads alice/base (from the fake Hub) and the adapter on disk.
+func (e *pushEnv) loadRemote(t *testing.T, c *hub.Client) (*Inputs, *mergeplan.Plan) {
+	t.Helper()
+	ctx := context.Background()
+	src := &Sources{Client: c, CacheDir: t.TempDir()}
+	b, err := src.Base(ctx, "alice/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := src.Adapter(ctx, e.adapter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(ctx, b, a, mergeplan.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, l.Plan()
+}
+
+// TestShareAfterCommit: the scratch branch never outlives a published run. A share
+// that finds the target up to date deletes a scratch branch left behind (a commit
+// killed between its commit and the branch's deletion, or a late share's record); a
+// late share, whose record lands after the commit published the run and deleted the
+// branch (so re-creating it), deletes it again.
+func TestShareAfterCommit(t *testing.T) {
+	e := newPushEnv(t, 3)
+	c := e.client(t, writeToken)
+	ctx := context.Background()
+	target := upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}}
+	l, p := e.loadRemote(t, c)
+	run, err := RunID(l, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scratch := ScratchBranch(run)
+
+	// The late share: the run is published (here by a whole push of the same inputs,
+	// as a commit would) after the share started and before it records itself.
+	var once sync.Once
+	late := func(Event) {
+		once.Do(func() {
+			l2, p2 := e.loadRemote(t, c)
+			if _, err := Push(ctx, l2, p2, PushOptions{Target: target, DiskBudget: -1, WorkDir: t.TempDir()}); err != nil {
+				t.Errorf("the push published meanwhile: %v", err)
+			}
+		})
+	}
+	res, err := Push(ctx, l, p, PushOptions{Target: target, DiskBudget: -1, WorkDir: t.TempDir(), Share: &Share{1, 2}, Progress: late})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.UpToDate {
+		t.Fatal("the share found the target up to date: the publish did not happen while it ran")
+	}
+	if _, ok := e.h.Head("alice/merged", scratch); ok {
+		t.Errorf("the late share left the scratch branch %s on a repo that holds the run", scratch)
+	}
+	e.check(t, "alice/merged")
+
+	// A scratch branch left behind; a share run again finds the target up to date.
+	if _, err := c.CreateBranch(ctx, target.Repo, scratch, ""); err != nil {
+		t.Fatal(err)
+	}
+	res, err = Push(ctx, l, p, PushOptions{Target: target, DiskBudget: -1, WorkDir: t.TempDir(), Share: &Share{2, 2}})
+	if err != nil || !res.UpToDate {
+		t.Fatalf("share 2/2 on a published run: %+v, %v", res, err)
+	}
+	if _, ok := e.h.Head("alice/merged", scratch); ok {
+		t.Errorf("share 2/2 found the run published and left the scratch branch %s", scratch)
+	}
+}
