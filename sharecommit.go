@@ -123,6 +123,13 @@ func (ps *pusher) readShares(ctx context.Context) (map[string]recordedShard, err
 				return nil, fmt.Errorf("share %s recorded %s as %d bytes; the plan says %d", sh, r.Name, r.Size, s.Size())
 			case !isSHA256(r.SHA256):
 				return nil, fmt.Errorf("share %s recorded %s with sha256 %q, which is not one", sh, r.Name, r.SHA256)
+			case r.Base != "" && !isSHA256(r.Base):
+				return nil, fmt.Errorf("share %s recorded %s's base file %s with sha256 %q, which is not one", sh, r.Name, s.Base, r.Base)
+			}
+			// The base sha256 goes into hfmerge.json's base_files: where the base's
+			// listing knows the file's, the record must agree with it.
+			if oid, ok := digestOf(ps.l.Base, s.Base); ok && r.Base != "" && r.Base != oid {
+				return nil, fmt.Errorf("share %s recorded %s as merged from %s of sha256 %s; the base's is %s", sh, r.Name, s.Base, r.Base, oid)
 			}
 			if s.Unchanged() {
 				if oid, ok := digestOf(ps.l.Base, s.Base); ok && oid != r.SHA256 {

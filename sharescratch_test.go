@@ -2,6 +2,8 @@ package hfmerge
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -81,5 +83,44 @@ func TestShareAfterCommit(t *testing.T) {
 	}
 	if _, ok := e.h.Head("alice/merged", scratch); ok {
 		t.Errorf("share 2/2 found the run published and left the scratch branch %s", scratch)
+	}
+}
+
+// TestShareBadBaseRecord: a share's record names, for each shard, the sha256 of the
+// base file it was merged from, and commit writes it into hfmerge.json's base_files.
+// A record whose base sha256 is not the base file's (corrupt, or written by hand) is
+// refused, naming the share and the shard; hfmerge.json never records a wrong one.
+func TestShareBadBaseRecord(t *testing.T) {
+	e := newPushEnv(t, 2)
+	c := e.client(t, writeToken)
+	ctx := context.Background()
+	target := upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}}
+	l, p := e.loadRemote(t, c)
+	if _, err := Push(ctx, l, p, PushOptions{Target: target, DiskBudget: -1, WorkDir: t.TempDir(), Share: &Share{1, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := RunID(l, target)
+	scratch := &upload.Target{Client: c, Repo: target.Repo, Branch: ScratchBranch(run)}
+	m, err := readManifest(ctx, scratch, Share{1, 1}.manifestPath())
+	if err != nil || m == nil || len(m.Shards) == 0 {
+		t.Fatalf("the share's record: %+v, %v", m, err)
+	}
+	good := *m
+	for _, bad := range []string{strings.Repeat("ab", 32), "not-a-sha256"} {
+		bm := good
+		bm.Shards = slices.Clone(good.Shards)
+		bm.Shards[0].Base = bad
+		if _, err := scratch.Commit(ctx, upload.Commit{Summary: "tamper", Marker: hub.CommitFile{Path: Share{1, 1}.manifestPath(), Content: bm.encode()}}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := CommitShares(ctx, l, p, PushOptions{Target: target})
+		if err == nil || !strings.Contains(err.Error(), "share 1/1") || !strings.Contains(err.Error(), bm.Shards[0].Name) {
+			t.Errorf("base sha256 %q in the record: %v; want a refusal naming share 1/1 and %s", bad, err, bm.Shards[0].Name)
+		}
+	}
+	if _, ok := e.h.Head("alice/merged", "main"); ok {
+		if b, err := e.h.File("alice/merged", "main", ProvenanceFile); err == nil {
+			t.Errorf("a refused record was published:\n%s", b)
+		}
 	}
 }
