@@ -37,6 +37,7 @@ func CommitShares(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptio
 		return nil, err
 	}
 	ps.paths()
+	ps.res.RunID = ps.id
 	if done, err := ps.upToDate(ctx); err != nil || done != nil {
 		if done != nil {
 			ps.dropScratch(ctx) // a commit killed before it deleted the branch

@@ -184,6 +184,10 @@ func pushCmd(c *cli.Context, st *state) error {
 	}
 	url := res.URL()
 	result, line := res.Outcome(t)
+	var job, evCommit string // what started the run, for the summary record
+	if run != nil {
+		job, evCommit = run.Job, run.Commit
+	}
 	if !st.json {
 		// With JSON logs the summary record below says it; stdout stays free of text.
 		fmt.Fprintln(c.App.Writer, line)
@@ -192,7 +196,8 @@ func pushCmd(c *cli.Context, st *state) error {
 	st.done(human, "pushed", "result", result, "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
 		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
 		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed), "upload_busy_seconds", seconds(res.UploadBusy),
-		"disk_budget", hfmerge.Human(res.Budget), "xet", res.Xet, "xet_expected", res.XetExpected, "xet_sent", res.XetSent)
+		"disk_budget", hfmerge.Human(res.Budget), "xet", res.Xet, "xet_expected", res.XetExpected, "xet_sent", res.XetSent,
+		"run", res.RunID, "share", res.Share, "scratch_branch", res.Scratch, "job", job, "event_commit", evCommit)
 	if res.Xet && !res.UpToDate {
 		fmt.Fprintf(c.App.Writer, "through Xet: %s sent in xorbs (expected about %s) for %s of shards\n",
 			hfmerge.Human(res.XetSent), hfmerge.Human(res.XetExpected), hfmerge.Human(res.ShardBytes))
