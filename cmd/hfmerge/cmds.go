@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -116,18 +115,9 @@ func pushCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("repo") == "" {
-		return usageErr("--repo is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("repo"))
+	repo, err := targetRepo(c, o)
 	if err != nil {
-		return usageErr("--repo: %v", err)
-	}
-	if rev != "" {
-		return usageErr("--repo %s: give the branch with --revision", c.String("repo"))
-	}
-	if o.offline {
-		return usageErr("push needs the Hub; it cannot run offline")
+		return err
 	}
 	var run *hfmerge.Run
 	if webhookRun(c) {
@@ -143,12 +133,9 @@ func pushCmd(c *cli.Context, st *state) error {
 			return usageErr("--disk-budget %q: %v", s, err)
 		}
 	}
-	card := hfmerge.CardPolicy(c.String("card"))
-	if card != hfmerge.CardKeep && card != hfmerge.CardReplace {
-		return usageErr("--card %q: want keep or replace", c.String("card"))
-	}
-	if o.token == "" {
-		return hfmerge.ErrNoToken
+	card, err := cardPolicy(c)
+	if err != nil {
+		return err
 	}
 	share, err := shareOption(c)
 	if err != nil {
@@ -160,11 +147,7 @@ func pushCmd(c *cli.Context, st *state) error {
 		return usageErr("--xet: %v", err)
 	}
 	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision"), PR: c.Bool("pr"), Xet: xm}
-	// Write access is checked before anything else moves.
-	if err := hfmerge.CheckAccess(ctx, t); err != nil {
-		if errors.Is(err, hub.ErrUnauthorized) {
-			return fmt.Errorf("%w (the token from %s)", err, o.tokenFrom)
-		}
+	if err := checkAccess(ctx, o, t); err != nil {
 		return err
 	}
 	l, p, err := st.planned(ctx, o)

@@ -8,7 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hfmerge/hfmerge"
-	"github.com/hfmerge/hfmerge/hub"
 	"github.com/hfmerge/hfmerge/upload"
 )
 
@@ -60,32 +59,17 @@ func commitCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("repo") == "" {
-		return usageErr("--repo is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("repo"))
+	repo, err := targetRepo(c, o)
 	if err != nil {
-		return usageErr("--repo: %v", err)
+		return err
 	}
-	if rev != "" {
-		return usageErr("--repo %s: give the branch with --revision", c.String("repo"))
-	}
-	if o.offline {
-		return usageErr("commit needs the Hub; it cannot run offline")
-	}
-	card := hfmerge.CardPolicy(c.String("card"))
-	if card != hfmerge.CardKeep && card != hfmerge.CardReplace {
-		return usageErr("--card %q: want keep or replace", c.String("card"))
-	}
-	if o.token == "" {
-		return hfmerge.ErrNoToken
+	card, err := cardPolicy(c)
+	if err != nil {
+		return err
 	}
 	ctx := c.Context
 	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision")}
-	if err := hfmerge.CheckAccess(ctx, t); err != nil {
-		if errors.Is(err, hub.ErrUnauthorized) {
-			return fmt.Errorf("%w (the token from %s)", err, o.tokenFrom)
-		}
+	if err := checkAccess(ctx, o, t); err != nil {
 		return err
 	}
 	l, p, err := st.planned(ctx, o)
