@@ -36,6 +36,7 @@ func CommitShares(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptio
 	if ps.prov, err = newProvenance(l, l.in.Options); err != nil {
 		return nil, err
 	}
+	ps.prov.Run = o.Run
 	ps.paths()
 	ps.res.RunID = ps.id
 	if done, err := ps.upToDate(ctx); err != nil || done != nil {

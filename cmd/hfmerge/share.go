@@ -63,6 +63,15 @@ func commitCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
+	var run *hfmerge.Run
+	if webhookRun(c) {
+		// The shares pushed with --from-webhook merged the event's commit: so does the
+		// commit given the same event, and it records the event as push does.
+		if run, err = st.fromWebhook(c, o, repo); err != nil || run == nil {
+			return err
+		}
+	}
+	run = jobRun(run)
 	card, err := cardPolicy(c)
 	if err != nil {
 		return err
@@ -85,7 +94,7 @@ func commitCmd(c *cli.Context, st *state) error {
 		return usageErr("--run %s: these inputs and target are run %s; give the inputs the shares were pushed with", want, id)
 	}
 	st.log.Info("committing the shares", "run", id, "branch", hfmerge.ScratchBranch(id))
-	res, err := hfmerge.CommitShares(ctx, l, p, hfmerge.PushOptions{Target: t, Message: c.String("message"), Card: card, Merge: o.merge, Log: st.log})
+	res, err := hfmerge.CommitShares(ctx, l, p, hfmerge.PushOptions{Target: t, Message: c.String("message"), Card: card, Merge: o.merge, Log: st.log, Run: run})
 	if err != nil {
 		var me *hfmerge.MissingSharesError
 		switch {
