@@ -87,8 +87,9 @@ func (ps *pusher) readShares(ctx context.Context) (map[string]recordedShard, err
 	t := ps.scratch()
 	entries, err := t.Client.Tree(ctx, t.Repo, t.Branch, sharesDir, false)
 	if errors.Is(err, hub.ErrRevisionNotFound) || errors.Is(err, hub.ErrRepoNotFound) || errors.Is(err, hub.ErrEntryNotFound) {
-		return nil, fmt.Errorf("%w: %s has no branch %s (run %s) holding shares/; run `hfmerge push --shards i/N` with the same inputs on each worker first",
-			ErrNoShares, t.Repo, t.Branch, ps.id)
+		return nil, fmt.Errorf("%w: %s has no branch %s (run %s) holding shares/; run `hfmerge push --shards i/N` with the same inputs on each worker first "+
+			"(the run id is a digest of the base, adapters, options, target and %s: a share pushed with any of them different is another run)",
+			ErrNoShares, t.Repo, t.Branch, ps.id, ps.prov.Tool)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing the shares on %s@%s: %w", t.Repo, t.Branch, err)

@@ -2,6 +2,7 @@ package hfmerge
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -83,6 +84,28 @@ func TestShareAfterCommit(t *testing.T) {
 	}
 	if _, ok := e.h.Head("alice/merged", scratch); ok {
 		t.Errorf("share 2/2 found the run published and left the scratch branch %s", scratch)
+	}
+	// The same for commit run again after one killed between its commit and the
+	// branch's deletion: nothing is committed, the branch goes.
+	if _, err := c.CreateBranch(ctx, target.Repo, scratch, ""); err != nil {
+		t.Fatal(err)
+	}
+	head, _ := e.h.Head("alice/merged", "main")
+	res, err = CommitShares(ctx, l, p, PushOptions{Target: target})
+	if err != nil || !res.UpToDate {
+		t.Fatalf("commit on a published run: %+v, %v", res, err)
+	}
+	if now, _ := e.h.Head("alice/merged", "main"); now != head {
+		t.Error("commit on a published run committed")
+	}
+	if _, ok := e.h.Head("alice/merged", scratch); ok {
+		t.Errorf("commit found the run published and left the scratch branch %s", scratch)
+	}
+	// No share of this run: the refusal says what the run id is made of, the hfmerge
+	// version included (workers on another image push another run).
+	other := upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: "alice/other"}}
+	if _, err := CommitShares(ctx, l, p, PushOptions{Target: other}); !errors.Is(err, ErrNoShares) || !strings.Contains(err.Error(), "hfmerge "+Version()) {
+		t.Errorf("commit of a run no share pushed: %v", err)
 	}
 }
 
