@@ -1,12 +1,16 @@
 package hfmerge
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/hub/hubtest"
+	"github.com/hfmerge/hfmerge/upload"
 	"github.com/hfmerge/hfmerge/webhook"
 )
 
@@ -110,5 +114,46 @@ func TestFromWebhookRepoType(t *testing.T) {
 	var fe *webhook.FieldError
 	if _, err := FromWebhook(p, "org/base", nil, hub.Repo{Type: "model", ID: "alice/merged"}); !errors.As(err, &fe) || fe.Field != "repo.type" {
 		t.Errorf("repo.type \"models\": %v, want a refusal naming repo.type", err)
+	}
+}
+
+// TestSuperseded: an event is superseded only when its branch has moved on to a commit
+// whose merge the target records; an event naming the head (a reset to an older commit
+// included) or a target recording another commit is not.
+func TestSuperseded(t *testing.T) {
+	h := hubtest.New(hubtest.WithToken(writeToken, "alice", hubtest.ScopeWrite)).Start(t)
+	first, _ := h.Seed("alice/lora", map[string][]byte{"adapter_config.json": []byte(`{"r":1}`)})
+	second, _ := h.Seed("alice/lora", map[string][]byte{"adapter_config.json": []byte(`{"r":2}`)})
+	c, err := hub.New(hub.Options{Endpoint: h.URL(), Token: writeToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := upload.Target{Client: c, Repo: hub.Repo{Type: "model", ID: "alice/merged"}}
+	record := func(commit string) {
+		b, _ := json.Marshal(Provenance{Tool: "hfmerge test", Inputs: "x", Base: SourceID{Repo: "org/base", Commit: strings.Repeat("0", 40)},
+			Adapter: SourceID{Repo: "alice/lora", Commit: commit}})
+		if _, err := h.Seed("alice/merged", map[string][]byte{ProvenanceFile: b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(commit string) *Run { return &Run{Repo: "alice/lora", Ref: "refs/heads/main", Commit: commit} }
+	ctx := context.Background()
+	if err := Superseded(ctx, target, run(first)); err != nil {
+		t.Errorf("no hfmerge.json on the target: %v", err)
+	}
+	record(first)
+	if err := Superseded(ctx, target, run(first)); err != nil {
+		t.Errorf("the target records the event's commit, the head is newer: %v", err)
+	}
+	record(second)
+	var ig *webhook.Ignored
+	if err := Superseded(ctx, target, run(first)); !errors.As(err, &ig) || !strings.Contains(ig.Reason, "older than what is published") {
+		t.Errorf("the target records the head, the event is older: %v", err)
+	}
+	if err := Superseded(ctx, target, run(second)); err != nil {
+		t.Errorf("the event names the head: %v", err)
+	}
+	if err := Superseded(ctx, upload.Target{Client: c, Repo: target.Repo, PR: true}, run(first)); err != nil {
+		t.Errorf("a pull request target: %v", err)
 	}
 }

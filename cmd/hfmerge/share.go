@@ -81,6 +81,9 @@ func commitCmd(c *cli.Context, st *state) error {
 	if err := checkAccess(ctx, o, t); err != nil {
 		return err
 	}
+	if st.superseded(c, t, run) {
+		return nil
+	}
 	l, p, err := st.planned(ctx, o)
 	if err != nil {
 		return err

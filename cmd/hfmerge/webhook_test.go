@@ -246,3 +246,36 @@ func TestShardsFromWebhook(t *testing.T) {
 		t.Errorf("commit for a tag event: exit %d\n%s", code, stdout)
 	}
 }
+
+// TestPushFromWebhookOutOfOrder: the event of the adapter's second commit is handled
+// first and publishes it; the event of the first commit, delivered after (a retry, a
+// replay, or out of order), finds the branch moved on to a commit the target already
+// holds the merge of, and does nothing, saying so: the older merge is not published
+// over the newer.
+func TestPushFromWebhookOutOfOrder(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	first := e.seedDir(t, "alice/lora", e.adapter)
+	e.retrain(t, smallSpec(), 77, e.base)
+	second := e.seedDir(t, "alice/lora", e.adapter)
+	secondShards := e.shards
+	if code, stdout, stderr := e.webhookPush(t, payload(t, "commit.json", second), "job-2"); code != 0 || !strings.Contains(stdout, "committed") {
+		t.Fatalf("the second commit's event: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	head, _ := e.h.Head("alice/merged", "main")
+	e.h.ResetStats()
+	code, stdout, stderr := e.webhookPush(t, payload(t, "commit.json", first), "job-1")
+	if code != 0 || !strings.Contains(stdout, "nothing to do") || !strings.Contains(stdout, "older than what is published") {
+		t.Errorf("the first commit's event, late: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if now, _ := e.h.Head("alice/merged", "main"); now != head {
+		t.Error("the late event moved alice/merged")
+	}
+	if st := e.h.Stats(); len(st.Commits) != 0 || st.UploadedBytes != 0 {
+		t.Errorf("the late event made commits %v and sent %d bytes", st.Commits, st.UploadedBytes)
+	}
+	for name, want := range secondShards {
+		if got, err := e.h.File("alice/merged", "main", name); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s is not the merge of the second commit (%v)", name, err)
+		}
+	}
+}
