@@ -70,6 +70,9 @@ type PushResult struct {
 	// Share is the share a push --shards uploaded ("2/3"), Scratch the branch it
 	// recorded it on; both "" for a whole push and for CommitShares.
 	Share, Scratch string
+	// RunID is the run id: the digest of the inputs and the target that names the
+	// push's journal and, for push --shards, its scratch branch.
+	RunID string
 }
 
 // URL is where the result is seen: the pull request, or the commit (the branch when it
@@ -137,6 +140,7 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 	}
 	ps.prov.Run = o.Run
 	ps.paths()
+	ps.res.RunID = ps.id
 	if o.Share != nil {
 		if err := ps.useShare(*o.Share); err != nil {
 			return nil, err
@@ -151,6 +155,11 @@ func Push(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptions) (*Pu
 				unlock()
 			}
 			os.Remove(ps.journalPath())
+			if ps.share != nil {
+				// A commit killed before it deleted the scratch branch, or a late
+				// share's record, left it behind: the run is published, it is done with.
+				ps.dropScratch(ctx)
+			}
 		}
 		return done, err
 	}
@@ -209,7 +218,7 @@ func (ps *pusher) upToDate(ctx context.Context) (*PushResult, error) {
 			return nil, err
 		}
 		if ok {
-			r := &PushResult{UpToDate: true, Shards: len(ps.p.Shards), Elapsed: time.Since(ps.start),
+			r := &PushResult{UpToDate: true, Shards: len(ps.p.Shards), Elapsed: time.Since(ps.start), RunID: ps.id,
 				Commit: &hub.CommitResult{URL: ps.t.Client.RepoURL(ps.t.Repo) + "/tree/" + rev}}
 			if n, ok := strings.CutPrefix(rev, "refs/pr/"); ok {
 				r.Commit.PullRequestURL = ps.t.Client.RepoURL(ps.t.Repo) + "/discussions/" + n

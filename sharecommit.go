@@ -36,7 +36,9 @@ func CommitShares(ctx context.Context, l *Inputs, p *mergeplan.Plan, o PushOptio
 	if ps.prov, err = newProvenance(l, l.in.Options); err != nil {
 		return nil, err
 	}
+	ps.prov.Run = o.Run
 	ps.paths()
+	ps.res.RunID = ps.id
 	if done, err := ps.upToDate(ctx); err != nil || done != nil {
 		if done != nil {
 			ps.dropScratch(ctx) // a commit killed before it deleted the branch
@@ -85,8 +87,9 @@ func (ps *pusher) readShares(ctx context.Context) (map[string]recordedShard, err
 	t := ps.scratch()
 	entries, err := t.Client.Tree(ctx, t.Repo, t.Branch, sharesDir, false)
 	if errors.Is(err, hub.ErrRevisionNotFound) || errors.Is(err, hub.ErrRepoNotFound) || errors.Is(err, hub.ErrEntryNotFound) {
-		return nil, fmt.Errorf("%w: %s has no branch %s (run %s) holding shares/; run `hfmerge push --shards i/N` with the same inputs on each worker first",
-			ErrNoShares, t.Repo, t.Branch, ps.id)
+		return nil, fmt.Errorf("%w: %s has no branch %s (run %s) holding shares/; run `hfmerge push --shards i/N` with the same inputs on each worker first "+
+			"(the run id is a digest of the base, adapters, options, target and %s: a share pushed with any of them different is another run)",
+			ErrNoShares, t.Repo, t.Branch, ps.id, ps.prov.Tool)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing the shares on %s@%s: %w", t.Repo, t.Branch, err)
@@ -123,6 +126,13 @@ func (ps *pusher) readShares(ctx context.Context) (map[string]recordedShard, err
 				return nil, fmt.Errorf("share %s recorded %s as %d bytes; the plan says %d", sh, r.Name, r.Size, s.Size())
 			case !isSHA256(r.SHA256):
 				return nil, fmt.Errorf("share %s recorded %s with sha256 %q, which is not one", sh, r.Name, r.SHA256)
+			case r.Base != "" && !isSHA256(r.Base):
+				return nil, fmt.Errorf("share %s recorded %s's base file %s with sha256 %q, which is not one", sh, r.Name, s.Base, r.Base)
+			}
+			// The base sha256 goes into hfmerge.json's base_files: where the base's
+			// listing knows the file's, the record must agree with it.
+			if oid, ok := digestOf(ps.l.Base, s.Base); ok && r.Base != "" && r.Base != oid {
+				return nil, fmt.Errorf("share %s recorded %s as merged from %s of sha256 %s; the base's is %s", sh, r.Name, s.Base, r.Base, oid)
 			}
 			if s.Unchanged() {
 				if oid, ok := digestOf(ps.l.Base, s.Base); ok && oid != r.SHA256 {

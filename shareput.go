@@ -168,6 +168,14 @@ func (ps *pusher) recordShare(ctx context.Context) (*hub.CommitResult, error) {
 		if err != nil {
 			return nil, fmt.Errorf("recording share %s on %s@%s: %w", ps.share, t.Repo, t.Branch, err)
 		}
+		// A share that started before the run was published and records itself after
+		// the commit deleted the branch has just made it again: with the target holding
+		// the run, nothing else would ever delete it. (A record made before the
+		// deletion is deleted with the branch by the commit.)
+		if held, err := holdsMerge(ctx, ps.t, ps.branch(), ps.prov.Inputs); err == nil && held {
+			ps.o.Log.Info("the run was published while this share ran; its record is not needed", "share", ps.share.String())
+			ps.dropScratch(ctx)
+		}
 		return res, nil
 	}
 }

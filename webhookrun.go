@@ -1,10 +1,12 @@
 package hfmerge
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
 	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/upload"
 	"github.com/hfmerge/hfmerge/webhook"
 )
 
@@ -39,6 +41,17 @@ type WebhookPush struct {
 // commit (another scope, a deletion, another ref, a pull request), a repo that is no
 // source of this push (the webhook watches more, or it is the target's own commit).
 func FromWebhook(p *webhook.Payload, base string, adapters []string, target hub.Repo) (*WebhookPush, error) {
+	// The name is the payload's, which whoever can post to a handler writes: it must be
+	// a repo id and nothing else, or a ":5", "@dev" or "./dir" in it would be read as
+	// the weight, revision or local path of the adapter spec it becomes below.
+	if !validRepoID(p.Repo.Name) {
+		return nil, &UsageError{&webhook.FieldError{Field: "repo.name", Msg: fmt.Sprintf("%q is not a repo id (owner/name)", p.Repo.Name)}}
+	}
+	switch p.Repo.Type {
+	case "model", "dataset", "space":
+	default:
+		return nil, &UsageError{&webhook.FieldError{Field: "repo.type", Msg: fmt.Sprintf("%q is not model, dataset or space", p.Repo.Type)}}
+	}
 	evRepo := hub.Repo{Type: p.Repo.Type, ID: p.Repo.Name}
 	w := &WebhookPush{Base: base, Adapters: append([]string(nil), adapters...),
 		Run: Run{Webhook: p.Webhook.ID, Event: p.Event.Scope + " " + p.Event.Action, Repo: evRepo.String()}}
@@ -118,3 +131,50 @@ func cutWeight(spec string) (src, weight string) {
 	s, _ := splitWeight(spec)
 	return s, spec[len(s):]
 }
+
+// Superseded returns a *webhook.Ignored when the event r is older than what the target
+// holds: the branch the event moved has moved on since, to a commit whose merge the
+// target's hfmerge.json already records. The Hub does not promise to deliver events in
+// order, and a retried or replayed old delivery would otherwise publish the older merge
+// over the newer. An event naming the branch's head now (a new commit, or the branch
+// reset to an older one) is never superseded, nor is one whose branch or target cannot
+// be read: the push then runs as it would without this check, and a target holding the
+// merge of some other commit than the head is left to the event that names the head.
+func Superseded(ctx context.Context, t upload.Target, r *Run) error {
+	if r == nil || r.Commit == "" || t.PR {
+		return nil
+	}
+	branch, ok := strings.CutPrefix(r.Ref, "refs/heads/")
+	if !ok {
+		return nil
+	}
+	src, _, err := hub.ParseRepo(r.Repo)
+	if err != nil {
+		return nil
+	}
+	head, err := t.Client.BranchHead(ctx, src, branch)
+	if err != nil || head == r.Commit {
+		return nil
+	}
+	rev := t.Branch
+	if rev == "" {
+		rev = "main"
+	}
+	have, err := hubProvenance(ctx, &t, rev)
+	if err != nil || have == nil {
+		return nil
+	}
+	ids := []SourceID{have.Base, have.Adapter}
+	for _, a := range have.Adapters {
+		ids = append(ids, a.SourceID)
+	}
+	for _, id := range ids {
+		if repo, _, err := hub.ParseRepo(id.Repo); err == nil && id.Commit == head && sameRepo(repo, src) {
+			return &webhook.Ignored{Reason: fmt.Sprintf("the event names %s@%s, but %s of %s has moved on to %s since, and %s@%s already holds the merge of %s: the event is older than what is published",
+				src, short(r.Commit), branch, src, short(head), t.Repo, rev, short(head))}
+		}
+	}
+	return nil
+}
+
+func short(commit string) string { return commit[:min(len(commit), 12)] }

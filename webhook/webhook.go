@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 )
 
 // Version is the payload version this package reads: huggingface_hub reads only 3
@@ -86,13 +87,21 @@ func Parse(b []byte) (*Payload, error) {
 	case p.Webhook.Version != 0 && p.Webhook.Version != Version:
 		return nil, &FieldError{"webhook.version", fmt.Sprintf("%d; hfmerge reads version %d payloads", p.Webhook.Version, Version)}
 	}
+	// These reach the terminal, in the reason an event is ignored, and the logs: text
+	// with a control character (an escape sequence, a newline) is not the Hub's.
+	for _, f := range []struct{ name, v string }{{"event.scope", p.Event.Scope}, {"event.action", p.Event.Action},
+		{"repo.type", p.Repo.Type}, {"webhook.id", p.Webhook.ID}} {
+		if !printable(f.v) {
+			return nil, &FieldError{f.name, fmt.Sprintf("%q holds a control character", f.v)}
+		}
+	}
 	if p.Repo.HeadSha != "" && !isSHA(p.Repo.HeadSha) {
 		return nil, &FieldError{"repo.headSha", fmt.Sprintf("%q is not a 40-digit commit id", p.Repo.HeadSha)}
 	}
 	for i, r := range p.UpdatedRefs {
 		f := fmt.Sprintf("updatedRefs[%d]", i)
 		switch {
-		case !strings.HasPrefix(r.Ref, "refs/"):
+		case !strings.HasPrefix(r.Ref, "refs/") || !printable(r.Ref):
 			return nil, &FieldError{f + ".ref", fmt.Sprintf("%q is not a ref (refs/...)", r.Ref)}
 		case r.NewSha != nil && !isSHA(*r.NewSha):
 			return nil, &FieldError{f + ".newSha", fmt.Sprintf("%q is not a 40-digit commit id", *r.NewSha)}
@@ -101,6 +110,11 @@ func Parse(b []byte) (*Payload, error) {
 		}
 	}
 	return &p, nil
+}
+
+// printable says whether s holds no control character (nor a non-printing one).
+func printable(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
 }
 
 func isSHA(s string) bool {

@@ -34,6 +34,13 @@ func TestParseBad(t *testing.T) {
 		{"bad newSha", event(`[{"ref":"refs/tags/x","oldSha":null,"newSha":"` + sha1 + `"},{"ref":"refs/heads/main","oldSha":null,"newSha":"HEAD"}]`), `updatedRefs[1].newSha: "HEAD"`},
 		{"bad oldSha", event(`[{"ref":"refs/heads/main","oldSha":"` + strings.ToUpper(sha0) + `","newSha":"` + sha1 + `"}]`), "updatedRefs[0].oldSha"},
 		{"refs not a list", event(`{"ref":"refs/heads/main"}`), "updatedRefs: is a JSON object"},
+		// Text that reaches the terminal in the reason an event is ignored: no control
+		// characters (an escape sequence would rewrite what the user sees).
+		{"escape in ref", event(`[{"ref":"refs/tags/\u001b[2Jv1","oldSha":null,"newSha":"` + sha1 + `"}]`), "updatedRefs[0].ref: "},
+		{"newline in scope", `{"event":{"action":"update","scope":"repo\nok"},"repo":{"type":"model","name":"a/b"}}`, "event.scope: "},
+		{"escape in action", `{"event":{"action":"\u001b]0;x\u0007","scope":"repo"},"repo":{"type":"model","name":"a/b"}}`, "event.action: "},
+		{"escape in type", `{"event":{"action":"update","scope":"repo"},"repo":{"type":"model\u001b","name":"a/b"}}`, "repo.type: "},
+		{"escape in webhook id", `{"event":{"action":"update","scope":"repo"},"repo":{"type":"model","name":"a/b"},"webhook":{"id":"h\r","version":3}}`, "webhook.id: "},
 	} {
 		_, err := Parse([]byte(c.payload))
 		if err == nil || !strings.Contains(err.Error(), c.field) || !strings.HasPrefix(err.Error(), "webhook payload: ") {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -116,18 +115,9 @@ func pushCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("repo") == "" {
-		return usageErr("--repo is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("repo"))
+	repo, err := targetRepo(c, o)
 	if err != nil {
-		return usageErr("--repo: %v", err)
-	}
-	if rev != "" {
-		return usageErr("--repo %s: give the branch with --revision", c.String("repo"))
-	}
-	if o.offline {
-		return usageErr("push needs the Hub; it cannot run offline")
+		return err
 	}
 	var run *hfmerge.Run
 	if webhookRun(c) {
@@ -143,12 +133,9 @@ func pushCmd(c *cli.Context, st *state) error {
 			return usageErr("--disk-budget %q: %v", s, err)
 		}
 	}
-	card := hfmerge.CardPolicy(c.String("card"))
-	if card != hfmerge.CardKeep && card != hfmerge.CardReplace {
-		return usageErr("--card %q: want keep or replace", c.String("card"))
-	}
-	if o.token == "" {
-		return hfmerge.ErrNoToken
+	card, err := cardPolicy(c)
+	if err != nil {
+		return err
 	}
 	share, err := shareOption(c)
 	if err != nil {
@@ -160,12 +147,11 @@ func pushCmd(c *cli.Context, st *state) error {
 		return usageErr("--xet: %v", err)
 	}
 	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision"), PR: c.Bool("pr"), Xet: xm}
-	// Write access is checked before anything else moves.
-	if err := hfmerge.CheckAccess(ctx, t); err != nil {
-		if errors.Is(err, hub.ErrUnauthorized) {
-			return fmt.Errorf("%w (the token from %s)", err, o.tokenFrom)
-		}
+	if err := checkAccess(ctx, o, t); err != nil {
 		return err
+	}
+	if st.superseded(c, t, run) {
+		return nil
 	}
 	l, p, err := st.planned(ctx, o)
 	if err != nil {
@@ -184,6 +170,10 @@ func pushCmd(c *cli.Context, st *state) error {
 	}
 	url := res.URL()
 	result, line := res.Outcome(t)
+	var job, evCommit string // what started the run, for the summary record
+	if run != nil {
+		job, evCommit = run.Job, run.Commit
+	}
 	if !st.json {
 		// With JSON logs the summary record below says it; stdout stays free of text.
 		fmt.Fprintln(c.App.Writer, line)
@@ -192,7 +182,8 @@ func pushCmd(c *cli.Context, st *state) error {
 	st.done(human, "pushed", "result", result, "url", url, "up_to_date", res.UpToDate, "shards", res.Shards, "uploaded", res.Uploaded,
 		"already_on_hub", res.OnHub, "unchanged", res.Unchanged, "bytes_down", res.BytesDown, "bytes_up", res.BytesUp,
 		"down", hfmerge.Human(res.BytesDown), "up", hfmerge.Human(res.BytesUp), "seconds", seconds(res.Elapsed), "upload_busy_seconds", seconds(res.UploadBusy),
-		"disk_budget", hfmerge.Human(res.Budget), "xet", res.Xet, "xet_expected", res.XetExpected, "xet_sent", res.XetSent)
+		"disk_budget", hfmerge.Human(res.Budget), "xet", res.Xet, "xet_expected", res.XetExpected, "xet_sent", res.XetSent,
+		"run", res.RunID, "share", res.Share, "scratch_branch", res.Scratch, "job", job, "event_commit", evCommit)
 	if res.Xet && !res.UpToDate {
 		fmt.Fprintf(c.App.Writer, "through Xet: %s sent in xorbs (expected about %s) for %s of shards\n",
 			hfmerge.Human(res.XetSent), hfmerge.Human(res.XetExpected), hfmerge.Human(res.ShardBytes))

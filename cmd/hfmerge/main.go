@@ -176,7 +176,7 @@ func newApp(st *state) *cli.App {
 			command(st, "push", "merge an adapter into a base model and publish the merged model to the Hub in one commit",
 				append(append(append(commonFlags(), pushFlags()...), sharesFlags()...), webhookFlags()...), pushCmd),
 			command(st, "commit", "publish in one commit the shares that push --shards uploaded from several machines",
-				append(commonFlags(), commitFlags()...), commitCmd),
+				append(append(commonFlags(), commitFlags()...), webhookFlags()...), commitCmd),
 			command(st, "verify", "check that a merge published on the Hub is exactly base + adapter, downloading only what differs",
 				append(commonFlags(), verifyFlags()...), verifyCmd),
 			completionCommand(),

@@ -44,10 +44,22 @@ func TestPushJSONLog(t *testing.T) {
 		last["shards"] != 2.0 || last["bytes_up"] == nil || last["bytes_down"] == nil || last["seconds"] == nil {
 		t.Errorf("summary: %v", last)
 	}
+	run, _ := last["run"].(string)
+	if len(run) != 16 || last["share"] != "" || last["scratch_branch"] != "" {
+		t.Errorf("summary of a whole push: run %q, share %q, scratch_branch %q; want a 16-digit run id and no share", last["run"], last["share"], last["scratch_branch"])
+	}
 	_, stdout, stderr = e.push(t, aliceWrite, "--log-format", "json")
 	recs = jsonLines(t, stderr)
-	if last := recs[len(recs)-1]; stdout != "" || last["result"] != "up to date" || last["exit_status"] != 0.0 {
+	if last := recs[len(recs)-1]; stdout != "" || last["result"] != "up to date" || last["exit_status"] != 0.0 || last["run"] != run {
 		t.Errorf("up to date: stdout %q, summary %v", stdout, last)
+	}
+	// A share says which it is and where it is recorded; commit names the same run.
+	code, _, stderr = e.pushTo(t, "alice/sharded", "--log-format", "json", "--shards", "2/2")
+	recs = jsonLines(t, stderr)
+	sum := recs[len(recs)-1]
+	srun, _ := sum["run"].(string)
+	if code != 0 || sum["result"] != "uploaded share" || sum["share"] != "2/2" || len(srun) != 16 || sum["scratch_branch"] != "hfmerge/"+srun {
+		t.Errorf("summary of push --shards 2/2: exit %d, %v", code, sum)
 	}
 	e.h.Fault(hubtest.Fault{Route: hubtest.RouteCommit, Status: 400, Times: -1})
 	code, stdout, stderr = e.push(t, aliceWrite, "--log-format", "json", "--dtype", "fp32")

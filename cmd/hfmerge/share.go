@@ -8,7 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hfmerge/hfmerge"
-	"github.com/hfmerge/hfmerge/hub"
 	"github.com/hfmerge/hfmerge/upload"
 )
 
@@ -60,33 +59,30 @@ func commitCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("repo") == "" {
-		return usageErr("--repo is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("repo"))
+	repo, err := targetRepo(c, o)
 	if err != nil {
-		return usageErr("--repo: %v", err)
+		return err
 	}
-	if rev != "" {
-		return usageErr("--repo %s: give the branch with --revision", c.String("repo"))
+	var run *hfmerge.Run
+	if webhookRun(c) {
+		// The shares pushed with --from-webhook merged the event's commit: so does the
+		// commit given the same event, and it records the event as push does.
+		if run, err = st.fromWebhook(c, o, repo); err != nil || run == nil {
+			return err
+		}
 	}
-	if o.offline {
-		return usageErr("commit needs the Hub; it cannot run offline")
-	}
-	card := hfmerge.CardPolicy(c.String("card"))
-	if card != hfmerge.CardKeep && card != hfmerge.CardReplace {
-		return usageErr("--card %q: want keep or replace", c.String("card"))
-	}
-	if o.token == "" {
-		return hfmerge.ErrNoToken
+	run = jobRun(run)
+	card, err := cardPolicy(c)
+	if err != nil {
+		return err
 	}
 	ctx := c.Context
 	t := upload.Target{Client: o.sources.Client, Repo: repo, Branch: c.String("revision")}
-	if err := hfmerge.CheckAccess(ctx, t); err != nil {
-		if errors.Is(err, hub.ErrUnauthorized) {
-			return fmt.Errorf("%w (the token from %s)", err, o.tokenFrom)
-		}
+	if err := checkAccess(ctx, o, t); err != nil {
 		return err
+	}
+	if st.superseded(c, t, run) {
+		return nil
 	}
 	l, p, err := st.planned(ctx, o)
 	if err != nil {
@@ -101,7 +97,7 @@ func commitCmd(c *cli.Context, st *state) error {
 		return usageErr("--run %s: these inputs and target are run %s; give the inputs the shares were pushed with", want, id)
 	}
 	st.log.Info("committing the shares", "run", id, "branch", hfmerge.ScratchBranch(id))
-	res, err := hfmerge.CommitShares(ctx, l, p, hfmerge.PushOptions{Target: t, Message: c.String("message"), Card: card, Merge: o.merge, Log: st.log})
+	res, err := hfmerge.CommitShares(ctx, l, p, hfmerge.PushOptions{Target: t, Message: c.String("message"), Card: card, Merge: o.merge, Log: st.log, Run: run})
 	if err != nil {
 		var me *hfmerge.MissingSharesError
 		switch {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/hfmerge/hfmerge"
 	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/upload"
 	"github.com/hfmerge/hfmerge/webhook"
 )
 
@@ -115,4 +117,18 @@ func (st *state) nothingToDo(c *cli.Context, reason string, attrs ...any) {
 		fmt.Fprintln(c.App.Writer, "nothing to do: "+reason)
 	}
 	st.done("nothing to do: "+reason, "ignored webhook event", append([]any{"reason", reason}, attrs...)...)
+}
+
+// superseded ends a webhook run whose event is older than what the target holds (see
+// hfmerge.Superseded), having said why; it reports whether it did.
+func (st *state) superseded(c *cli.Context, t upload.Target, run *hfmerge.Run) bool {
+	if run == nil || run.Commit == "" {
+		return false
+	}
+	var ig *webhook.Ignored
+	if err := hfmerge.Superseded(c.Context, t, run); errors.As(err, &ig) {
+		st.nothingToDo(c, ig.Reason, "webhook", run.Webhook, "event", run.Event, "repo", run.Repo, "commit", run.Commit)
+		return true
+	}
+	return false
 }

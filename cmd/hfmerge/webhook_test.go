@@ -201,3 +201,81 @@ func TestPushFromWebhookFile(t *testing.T) {
 		t.Errorf("a Job with no event: %v\n%s", err, out)
 	}
 }
+
+// TestShardsFromWebhook: a push split across machines for one webhook event (a CI
+// matrix fed the payload): each share and the commit read the same event, so all merge
+// the event's commit, not the adapter's head, and hfmerge.json records the event.
+func TestShardsFromWebhook(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 3)
+	first := e.seedDir(t, "alice/lora", e.adapter)
+	firstShards := e.shards
+	e.retrain(t, smallSpec(), 77, e.base)
+	e.seedDir(t, "alice/lora", e.adapter)
+	file := filepath.Join(t.TempDir(), "event.json")
+	if err := os.WriteFile(file, []byte(payload(t, "commit.json", first)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--webhook-payload", file, "--base", "alice/base", "--repo", "alice/merged", "--progress", "plain"}
+	for _, share := range []string{"1/2", "2/2"} {
+		if code, stdout, stderr := e.run(t, aliceWrite, append([]string{"push", "--shards", share}, args...)...); code != 0 {
+			t.Fatalf("share %s: exit %d\n%s\n%s", share, code, stdout, stderr)
+		}
+	}
+	code, stdout, stderr := e.run(t, aliceWrite, append([]string{"commit"}, args...)...)
+	if code != 0 || !strings.Contains(stdout, "committed") {
+		t.Fatalf("commit: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	for name, want := range firstShards {
+		if got, err := e.h.File("alice/merged", "main", name); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s is not the merge of alice/lora@%s (%v)", name, first[:8], err)
+		}
+	}
+	var prov hfmerge.Provenance
+	b, _ := e.h.File("alice/merged", "main", hfmerge.ProvenanceFile)
+	if err := json.Unmarshal(b, &prov); err != nil {
+		t.Fatal(err)
+	}
+	if prov.Adapter.Commit != first || prov.Run == nil || prov.Run.Commit != first || prov.Run.Webhook == "" {
+		t.Errorf("hfmerge.json: adapter %+v, run %+v; want the event's commit %s", prov.Adapter, prov.Run, first)
+	}
+	// An event that is not a new commit: commit does nothing either, and says why.
+	tag := filepath.Join(t.TempDir(), "tag.json")
+	os.WriteFile(tag, []byte(payload(t, "tag.json", first)), 0o644)
+	code, stdout, _ = e.run(t, aliceWrite, "commit", "--webhook-payload", tag, "--base", "alice/base", "--repo", "alice/merged")
+	if code != 0 || !strings.Contains(stdout, "nothing to do") {
+		t.Errorf("commit for a tag event: exit %d\n%s", code, stdout)
+	}
+}
+
+// TestPushFromWebhookOutOfOrder: the event of the adapter's second commit is handled
+// first and publishes it; the event of the first commit, delivered after (a retry, a
+// replay, or out of order), finds the branch moved on to a commit the target already
+// holds the merge of, and does nothing, saying so: the older merge is not published
+// over the newer.
+func TestPushFromWebhookOutOfOrder(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	first := e.seedDir(t, "alice/lora", e.adapter)
+	e.retrain(t, smallSpec(), 77, e.base)
+	second := e.seedDir(t, "alice/lora", e.adapter)
+	secondShards := e.shards
+	if code, stdout, stderr := e.webhookPush(t, payload(t, "commit.json", second), "job-2"); code != 0 || !strings.Contains(stdout, "committed") {
+		t.Fatalf("the second commit's event: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	head, _ := e.h.Head("alice/merged", "main")
+	e.h.ResetStats()
+	code, stdout, stderr := e.webhookPush(t, payload(t, "commit.json", first), "job-1")
+	if code != 0 || !strings.Contains(stdout, "nothing to do") || !strings.Contains(stdout, "older than what is published") {
+		t.Errorf("the first commit's event, late: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if now, _ := e.h.Head("alice/merged", "main"); now != head {
+		t.Error("the late event moved alice/merged")
+	}
+	if st := e.h.Stats(); len(st.Commits) != 0 || st.UploadedBytes != 0 {
+		t.Errorf("the late event made commits %v and sent %d bytes", st.Commits, st.UploadedBytes)
+	}
+	for name, want := range secondShards {
+		if got, err := e.h.File("alice/merged", "main", name); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s is not the merge of the second commit (%v)", name, err)
+		}
+	}
+}
