@@ -280,8 +280,56 @@ func (v *verifier) examine(ctx context.Context, s *mergeplan.Shard, e hub.Entry,
 			}
 		}
 	}
-	var hist TensorDiff
-	bad := false
+	var sum *fileSum
+	if sv.Method == "xet" && v.o.Tolerance > 0 {
+		// Only a tolerance lets a shard whose sha256 differs pass; then the bytes Xet
+		// vouched for must be proven: with those downloaded, they must make the sha256
+		// the Hub lists. (Without a tolerance a differing sha256 always fails.)
+		sum = newFileSum(exp)
+	}
+	cr, err := v.compareTensors(ctx, rm, exp, got, want, sv.Method == "xet", spans, sum)
+	if err != nil {
+		return err
+	}
+	if sum != nil && !cr.bad {
+		oid, err := sum.finish(ctx, e.Size)
+		if err != nil {
+			return err
+		}
+		if oid != e.LFS.OID {
+			v.o.Log.Info("the Xet chunk listings do not add up to the shard's sha256; comparing every tensor", "shard", s.Name)
+			sv.Notes = append(sv.Notes, fmt.Sprintf("the bytes Xet's answers vouched for, with those downloaded, have sha256 %s, not the listed %s: every tensor compared", oid, e.LFS.OID))
+			sv.Method = "ranges"
+			if cr, err = v.compareTensors(ctx, rm, exp, got, want, false, nil, nil); err != nil {
+				return err
+			}
+		}
+	}
+	sv.Tensors, sv.Histogram, sv.Compared = cr.tensors, cr.hist.Histogram, cr.hist.Compared
+	bad := cr.bad
+	if !bad && len(sv.Tensors) == 0 && sameHeader {
+		// Same header, same tensors, yet another sha256: only bytes outside every
+		// tensor can differ (padding the format does not have): not a merge of these.
+		sv.Problems = append(sv.Problems, "the bytes differ outside every tensor")
+		bad = true
+	}
+	sv.OK = !bad
+	return nil
+}
+
+// compared is what comparing a shard's tensors found.
+type compared struct {
+	tensors []TensorDiff // those that differ or could not be compared
+	hist    TensorDiff   // the sum over every element compared
+	bad     bool         // some tensor differs beyond the tolerance, or in structure
+}
+
+// compareTensors compares the published shard's tensors with the expected ones: with
+// localized, only their parts inside spans (the rest is known identical), else every
+// tensor whole. sum, if any, is fed every byte downloaded, in file order.
+func (v *verifier) compareTensors(ctx context.Context, rm *published, exp io.ReaderAt, got, want *safetensors.Header,
+	localized bool, spans []span, sum *fileSum) (compared, error) {
+	var c compared
 	for _, wt := range want.Tensors {
 		gt, ok := got.Tensor(wt.Name)
 		td := TensorDiff{Name: wt.Name, DType: string(wt.DType), Elements: wt.Elements()}
@@ -294,49 +342,41 @@ func (v *verifier) examine(ctx context.Context, s *mergeplan.Shard, e hub.Entry,
 			td.Problem = fmt.Sprintf("shape %v, expected %v", gt.Shape, wt.Shape)
 		}
 		if td.Problem != "" {
-			bad = true
-			sv.Tensors = append(sv.Tensors, td)
+			c.bad = true
+			c.tensors = append(c.tensors, td)
 			continue
 		}
 		a, b := got.DataOffset+gt.Begin, got.DataOffset+gt.End
 		ranges := []span{{a, b}}
-		if sv.Method == "xet" {
+		if localized {
 			ranges = clip(spans, a, b, elementSize(wt.DType))
 		}
 		shift := want.DataOffset + wt.Begin - a
 		for _, r := range ranges {
-			if err := v.compare(ctx, rm, exp, r, shift, wt.DType, &td); err != nil {
-				return fmt.Errorf("tensor %s: %w", wt.Name, err)
+			if err := v.compare(ctx, rm, exp, r, shift, wt.DType, &td, sum); err != nil {
+				return c, fmt.Errorf("tensor %s: %w", wt.Name, err)
 			}
 		}
-		for k, c := range td.hist {
-			hist.hist[k] += c
+		for k, n := range td.hist {
+			c.hist.hist[k] += n
 		}
-		hist.Compared += td.Compared
+		c.hist.Compared += td.Compared
 		if td.Differing > 0 {
 			td.finish()
-			sv.Tensors = append(sv.Tensors, td)
+			c.tensors = append(c.tensors, td)
 			if td.MaxULP > v.o.Tolerance {
-				bad = true
+				c.bad = true
 			}
 		}
 	}
 	for _, gt := range got.Tensors {
 		if _, ok := want.Tensor(gt.Name); !ok {
-			bad = true
-			sv.Tensors = append(sv.Tensors, TensorDiff{Name: gt.Name, DType: string(gt.DType), Elements: gt.Elements(), Problem: "not in the expected shard"})
+			c.bad = true
+			c.tensors = append(c.tensors, TensorDiff{Name: gt.Name, DType: string(gt.DType), Elements: gt.Elements(), Problem: "not in the expected shard"})
 		}
 	}
-	hist.finish()
-	sv.Histogram, sv.Compared = hist.Histogram, hist.Compared
-	if !bad && len(sv.Tensors) == 0 && sameHeader {
-		// Same header, same tensors, yet another sha256: only bytes outside every
-		// tensor can differ (padding the format does not have): not a merge of these.
-		sv.Problems = append(sv.Problems, "the bytes differ outside every tensor")
-		bad = true
-	}
-	sv.OK = !bad
-	return nil
+	c.hist.finish()
+	return c, nil
 }
 
 // hubHeader reads a published shard's header: 8 bytes of length, then the JSON.
@@ -391,14 +431,19 @@ func (v *verifier) localize(ctx context.Context, exp io.ReaderAt, size int64, xe
 const compareBlock = 1 << 20
 
 // compare downloads the range r of the Hub's file and compares it with the expected
-// bytes shift further on.
-func (v *verifier) compare(ctx context.Context, rm *published, exp io.ReaderAt, r span, shift int64, d safetensors.DType, td *TensorDiff) error {
-	want := make([]byte, compareBlock)
+// bytes shift further on, a block at a time.
+func (v *verifier) compare(ctx context.Context, rm *published, exp io.ReaderAt, r span, shift int64, d safetensors.DType, td *TensorDiff, sum *fileSum) error {
+	want := make([]byte, min(compareBlock, r.end-r.off))
 	for off := r.off; off < r.end; off += compareBlock {
 		n := min(compareBlock, r.end-off)
 		got, err := rm.read(ctx, off, n)
 		if err != nil {
 			return err
+		}
+		if sum != nil {
+			if err := sum.add(ctx, off, got); err != nil {
+				return err
+			}
 		}
 		if _, err := exp.ReadAt(want[:n], off+shift); err != nil && !errors.Is(err, io.EOF) {
 			return err

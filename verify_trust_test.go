@@ -1,0 +1,134 @@
+package hfmerge
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hfmerge/hfmerge/hub"
+)
+
+// TestVerifyXetAnswersChecked: Xet's answers only say where to look; they never make a
+// repo verify by themselves. The CAS here lies: asked for the reconstruction of the published shard
+// (two tensors changed, by 1 and by 5 ulp), it answers with that of another file (only
+// the 1-ulp change). Trusted, the walk would vouch for the 5-ulp change and the repo
+// would pass under --tolerance 1. The bytes verify downloads plus those it took as
+// known must make the sha256 the Hub lists; they do not, so verify compares every
+// tensor and fails, naming the 5-ulp one.
+func TestVerifyXetAnswersChecked(t *testing.T) {
+	e := newXetEnv(t)
+	vc := newVerifyCase(t, e.c, verifyProjections, nil)
+	// Two merged tensors of one shard.
+	var small, large string
+	for _, s := range vc.p.Shards {
+		var merged []string
+		for _, tn := range s.Tensors {
+			if !tn.Copy() {
+				merged = append(merged, tn.Name)
+			}
+		}
+		if len(merged) >= 2 {
+			small, large = merged[0], merged[len(merged)-1]
+			break
+		}
+	}
+	if small == "" {
+		t.Fatal("no shard with two merged tensors")
+	}
+	one := copyDir(t, vc.merged)
+	shard, _, _ := alterTensorBy(t, vc.p, one, small, 1)
+	two := copyDir(t, one)
+	if s, _, _ := alterTensorBy(t, vc.p, two, large, 5); s != shard {
+		t.Fatalf("%s is in %s, %s in %s", small, shard, large, s)
+	}
+	e.seedXet(t, "alice/one", one)
+	e.seedXet(t, "alice/two", two)
+	xetHash := func(repo string) string {
+		entries, err := e.c.Tree(context.Background(), hub.Repo{Type: "model", ID: repo}, "main", "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, en := range entries {
+			if en.Path == shard && en.XetHash != "" {
+				return en.XetHash
+			}
+		}
+		t.Fatalf("%s of %s has no xetHash", shard, repo)
+		return ""
+	}
+	lie, truth := "/v1/reconstructions/"+xetHash("alice/one"), "/v1/reconstructions/"+xetHash("alice/two")
+
+	cas, err := url.Parse(e.h.CASURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fake CAS lets a token read only its repo's files: the lie is fetched with a
+	// token for alice/one and served in place of the truth.
+	tok, err := e.c.XetReadToken(context.Background(), hub.Repo{Type: "model", ID: "alice/one"}, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lies atomic.Int64
+	proxy := httputil.NewSingleHostReverseProxy(cas)
+	rewrite := proxy.Director
+	proxy.Director = func(r *http.Request) {
+		if r.URL.Path == truth {
+			r.URL.Path = lie
+			r.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+			lies.Add(1)
+		}
+		rewrite(r)
+	}
+	srv := httptest.NewServer(proxy)
+	defer srv.Close()
+	e.h.SetCASURL(srv.URL)
+
+	res := vc.verify(t, e.c, "alice/two", 1)
+	if lies.Load() == 0 {
+		t.Fatal("the lying reconstruction was never asked for: the test proves nothing")
+	}
+	if res.Verified {
+		t.Fatalf("verified through a lying CAS: %+v", res)
+	}
+	for _, sv := range res.Shards {
+		if sv.Name != shard {
+			continue
+		}
+		var found bool
+		for _, td := range sv.Tensors {
+			found = found || td.Name == large && td.MaxULP == 5
+		}
+		if !found || sv.Method != "ranges" || !strings.Contains(strings.Join(sv.Notes, "; "), "sha256") {
+			t.Errorf("%s: %+v", shard, sv)
+		}
+	}
+
+	// The truthful CAS: the same repo fails the same way, having downloaded less than
+	// the shard (the changed chunks only).
+	e.h.SetCASURL(cas.String())
+	res = vc.verify(t, e.c, "alice/two", 1)
+	for _, sv := range res.Shards {
+		if sv.Name == shard && (sv.OK || sv.Method != "xet" || len(sv.Tensors) != 2 || sv.Downloaded >= sv.Size) {
+			t.Errorf("with the truthful CAS, %s: %+v", shard, sv)
+		}
+	}
+	if res.Verified {
+		t.Error("verified with a 5-ulp change")
+	}
+	// And the 1-ulp copy passes under the tolerance through Xet: the bytes vouched for
+	// add up to its sha256, and only its changed chunks were downloaded.
+	res = vc.verify(t, e.c, "alice/one", 1)
+	if !res.Verified {
+		t.Fatalf("the 1-ulp copy does not verify within 1 ulp: %+v", res)
+	}
+	for _, sv := range res.Shards {
+		if sv.Name == shard && (sv.Method != "xet" || len(sv.Notes) != 0 || sv.Downloaded >= sv.Size/4) {
+			t.Errorf("the 1-ulp copy, %s: %+v", shard, sv)
+		}
+	}
+}
