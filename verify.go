@@ -175,9 +175,10 @@ func (v *verifier) shards(ctx context.Context) error {
 		v.res.Shards = append(v.res.Shards, sv)
 		v.o.Progress.emit(Event{Type: ShardDone, Stage: StageHash, Shard: s.Name, Bytes: s.Size()})
 	}
-	for path, e := range v.files {
+	// In name order: the verdict is the same run after run.
+	for _, path := range slices.Sorted(maps.Keys(v.files)) {
 		if weightFile(path) && !slices.ContainsFunc(v.p.Shards, func(s mergeplan.Shard) bool { return s.Name == path }) && path != v.p.IndexName {
-			v.res.Shards = append(v.res.Shards, ShardVerdict{Name: path, Size: e.Size, Problems: []string{"a weight file the merge does not have"}})
+			v.res.Shards = append(v.res.Shards, ShardVerdict{Name: path, Size: v.files[path].Size, Problems: []string{"a weight file the merge does not have"}})
 		}
 	}
 	return nil

@@ -6,11 +6,15 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/hfmerge/hfmerge/hub"
+	"github.com/hfmerge/hfmerge/hub/hubtest"
 )
 
 // TestVerifyXetAnswersChecked: Xet's answers only say where to look; they never make a
@@ -130,5 +134,45 @@ func TestVerifyXetAnswersChecked(t *testing.T) {
 		if sv.Name == shard && (sv.Method != "xet" || len(sv.Notes) != 0 || sv.Downloaded >= sv.Size/4) {
 			t.Errorf("the 1-ulp copy, %s: %+v", shard, sv)
 		}
+	}
+}
+
+// TestVerifyExtraWeightFiles: weight files the merge does not have fail the repo, each
+// named, in name order after the merge's shards (the JSON verdict is the same run after
+// run); the merge's own files are untouched.
+func TestVerifyExtraWeightFiles(t *testing.T) {
+	h := hubtest.New(hubtest.WithToken(xetWrite, "alice", hubtest.ScopeWrite)).Start(t)
+	c, err := hub.New(hub.Options{Endpoint: h.URL(), Token: xetWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc := newVerifyCase(t, c, verifyProjections, nil)
+	dir := copyDir(t, vc.merged)
+	extra := []string{"a.safetensors", "b.gguf", "c.safetensors", "pytorch_model.bin", "z-00001-of-00002.safetensors", "zz.safetensors"}
+	for i := len(extra) - 1; i >= 0; i-- {
+		if err := os.WriteFile(filepath.Join(dir, extra[i]), []byte("not this merge"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seedDir(t, h, "alice/extra", dir)
+	res := vc.verify(t, c, "alice/extra", 0)
+	if res.Verified || len(res.Shards) != len(vc.p.Shards)+len(extra) {
+		t.Fatalf("verified %v with %d shard verdicts", res.Verified, len(res.Shards))
+	}
+	var got []string
+	for i, sv := range res.Shards {
+		if i < len(vc.p.Shards) {
+			if !sv.Identical || sv.Name != vc.p.Shards[i].Name {
+				t.Errorf("%s: %+v", sv.Name, sv)
+			}
+			continue
+		}
+		if sv.OK || len(sv.Problems) != 1 {
+			t.Errorf("%s: %+v", sv.Name, sv)
+		}
+		got = append(got, sv.Name)
+	}
+	if !slices.Equal(got, extra) {
+		t.Errorf("extra weight files %v, want %v in this order", got, extra)
 	}
 }
