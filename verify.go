@@ -407,7 +407,7 @@ func (v *verifier) localize(ctx context.Context, exp io.ReaderAt, size int64, xe
 		return nil, nil
 	}
 	if v.xet == nil {
-		x, err := newXetLocalizer(ctx, v.o.Client, v.o.Repo, v.commit)
+		x, err := newXetLocalizer(ctx, v.o.Client, v.o.Repo, v.commit, v.o.Log)
 		if errors.Is(err, hub.ErrNoXet) {
 			v.noXet = true
 			return nil, nil

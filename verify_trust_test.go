@@ -2,6 +2,7 @@ package hfmerge
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -174,5 +175,32 @@ func TestVerifyExtraWeightFiles(t *testing.T) {
 	}
 	if !slices.Equal(got, extra) {
 		t.Errorf("extra weight files %v, want %v in this order", got, extra)
+	}
+}
+
+// TestVerifyXetWaitsLogged: what the CAS client waits for or skips reaches verify's log
+// (here the dedup index declining every question), and the shard is still examined,
+// through the ranges no answer vouched for.
+func TestVerifyXetWaitsLogged(t *testing.T) {
+	e := newXetEnv(t)
+	vc := newVerifyCase(t, e.c, verifyProjections, nil)
+	bad := copyDir(t, vc.merged)
+	const name = "model.layers.1.mlp.down_proj.weight"
+	shard, _, _ := alterTensor(t, vc.p, bad, name)
+	e.seedXet(t, "alice/altered", bad)
+	f := e.h.Fault(hubtest.Fault{Route: hubtest.RouteXetDedup, Status: http.StatusTooManyRequests, Times: -1})
+	var log strings.Builder
+	res, err := Verify(context.Background(), vc.l, vc.p, VerifyOptions{Client: e.c, Repo: hub.Repo{Type: "model", ID: "alice/altered"},
+		Log: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Fired() == 0 || !strings.Contains(log.String(), "rate-limited") {
+		t.Errorf("%d dedup questions declined; log:\n%s", f.Fired(), log.String())
+	}
+	for _, sv := range res.Shards {
+		if sv.Name == shard && (sv.OK || len(sv.Tensors) != 1 || sv.Tensors[0].Name != name) {
+			t.Errorf("%s: %+v", shard, sv)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
 	"slices"
 
 	"github.com/hfmerge/hfmerge/hub"
@@ -73,7 +74,7 @@ type xetLocalizer struct {
 
 // newXetLocalizer gets a read token for the repo; ErrNoXet (wrapped) when there is
 // no Xet storage.
-func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev string) (*xetLocalizer, error) {
+func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev string, log *slog.Logger) (*xetLocalizer, error) {
 	first, err := c.XetReadToken(ctx, repo, rev)
 	if err != nil {
 		return nil, err
@@ -90,7 +91,9 @@ func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev stri
 		used = true
 		return xet.Token{AccessToken: tok.AccessToken, Expiry: tok.Expiry, CASURL: tok.CASURL}, nil
 	}
-	return &xetLocalizer{cas: xet.NewClient(tokens, xet.ClientOptions{})}, nil
+	// The CAS client logs every retry and wait (bounded by its own timeouts), so that
+	// none is silent.
+	return &xetLocalizer{cas: xet.NewClient(tokens, xet.ClientOptions{Logger: log, UserAgent: "hfmerge"})}, nil
 }
 
 // unknown returns the ranges of the Hub file (Xet hash fileHash) that are not made of
