@@ -88,3 +88,51 @@ func TestVerifyCLI(t *testing.T) {
 		t.Errorf("bad --tolerance: exit %d, %s", code, stderr)
 	}
 }
+
+// TestVerifyStackedCLI: a push of two stacked adapters verifies with the same two, at
+// the commit it made even after the branch moved on (--merged REPO@COMMIT reads that
+// commit only), and not with one adapter, another weight, or at the branch's new head.
+// Offline, verify refuses as a usage error.
+func TestVerifyStackedCLI(t *testing.T) {
+	e := newPushEnv(t, smallSpec(), 2)
+	if code, stdout, stderr := e.push(t, aliceWrite, "--adapter", e.adapter+":0.5"); code != 0 {
+		t.Fatalf("push: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	stacked, ok := e.h.Head("alice/merged", "main")
+	if !ok {
+		t.Fatal("no main")
+	}
+	if code, stdout, stderr := e.push(t, aliceWrite); code != 0 { // main moves on: one adapter
+		t.Fatalf("push: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	verify := func(merged string, adapters []string, extra ...string) (int, string, string) {
+		args := []string{"verify", "--base", "alice/base", "--progress", "none", "--merged", merged}
+		for _, a := range adapters {
+			args = append(args, "--adapter", a)
+		}
+		return e.run(t, bobRead, append(args, extra...)...)
+	}
+	both := []string{e.adapter, e.adapter + ":0.5"}
+	code, stdout, stderr := verify("alice/merged@"+stacked, both)
+	if code != 0 || !strings.Contains(stdout, "commit "+stacked[:12]) || !strings.Contains(stdout, "verified: ") {
+		t.Fatalf("stacked at %s: exit %d\n%s\n%s", stacked, code, stdout, stderr)
+	}
+	for _, c := range []struct {
+		merged   string
+		adapters []string
+		note     string
+	}{
+		{"alice/merged", both, "1 adapters, given 2"},                // main is the one-adapter push
+		{"alice/merged@" + stacked, both[:1], "2 adapters, given 1"}, // one adapter
+		{"alice/merged@" + stacked, []string{e.adapter, e.adapter + ":0.25"}, "weight 0.5, given 0.25"},
+	} {
+		code, stdout, stderr := verify(c.merged, c.adapters)
+		if code != 3 || !strings.Contains(stdout, "NOT verified") || !strings.Contains(stdout, c.note) {
+			t.Errorf("%s with %v: exit %d\n%s\n%s", c.merged, c.adapters, code, stdout, stderr)
+		}
+	}
+	code, _, stderr = verify("alice/merged@"+stacked, both, "--offline")
+	if code != 2 || !strings.Contains(stderr, "cannot run offline") {
+		t.Errorf("offline: exit %d\n%s", code, stderr)
+	}
+}
