@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hfmerge/hfmerge/hub/hubtest"
 	"github.com/hfmerge/hfmerge/safetensors"
 )
 
@@ -134,5 +135,35 @@ func TestVerifyStackedCLI(t *testing.T) {
 	code, _, stderr = verify("alice/merged@"+stacked, both, "--offline")
 	if code != 2 || !strings.Contains(stderr, "cannot run offline") {
 		t.Errorf("offline: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestVerifyQuantizedCLI: a merge into an MXFP4 expert base with --quantized keep,
+// published by another hand (the files of merge --out, seeded), verifies with the same
+// mode and fails with another (bf16: other tensors, config and recorded options).
+func TestVerifyQuantizedCLI(t *testing.T) {
+	base, adapter := mxfp4Inputs(t, 8)
+	out := filepath.Join(t.TempDir(), "merged")
+	if code, stdout, stderr := runBin(t, "merge", "--base", base, "--adapter", adapter, "--out", out, "--quantized", "keep", "--progress", "none"); code != 0 {
+		t.Fatalf("merge: exit %d: %s%s", code, stdout, stderr)
+	}
+	h := hubtest.New().Start(t)
+	files := map[string][]byte{}
+	entries, _ := os.ReadDir(out)
+	for _, e := range entries {
+		files[e.Name()], _ = os.ReadFile(filepath.Join(out, e.Name()))
+	}
+	if _, err := h.Seed("alice/keep", files); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HF_ENDPOINT", h.URL())
+	t.Setenv("HF_HUB_CACHE", t.TempDir())
+	args := []string{"verify", "--base", base, "--adapter", adapter, "--merged", "alice/keep", "--progress", "none"}
+	if code, stdout, stderr := runBin(t, append(args, "--quantized", "keep")...); code != 0 || !strings.Contains(stdout, "verified: ") {
+		t.Fatalf("keep: exit %d\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr := runBin(t, append(args, "--quantized", "bf16")...)
+	if code != 3 || !strings.Contains(stdout, "config.json                                  DIFFERS") || !strings.Contains(stdout, "options") {
+		t.Fatalf("bf16: exit %d\n%s%s", code, stdout, stderr)
 	}
 }
