@@ -59,9 +59,10 @@ func Verify(ctx context.Context, l *Inputs, p *mergeplan.Plan, o VerifyOptions) 
 	if err := v.small(ctx); err != nil {
 		return nil, err
 	}
-	v.res.Verified = true
+	v.res.Verified, v.res.Exact = true, true
 	for _, s := range v.res.Shards {
 		v.res.Verified = v.res.Verified && s.OK
+		v.res.Exact = v.res.Exact && s.Identical
 	}
 	for _, f := range v.res.Files {
 		v.res.Verified = v.res.Verified && f.OK
@@ -85,10 +86,13 @@ type VerifyOptions struct {
 
 // VerifyResult is what Verify found.
 type VerifyResult struct {
-	Repo      string         `json:"repo"`
-	Revision  string         `json:"revision"`
-	Commit    string         `json:"commit"`
-	Verified  bool           `json:"verified"`
+	Repo     string `json:"repo"`
+	Revision string `json:"revision"`
+	Commit   string `json:"commit"`
+	Verified bool   `json:"verified"`
+	// Exact: every shard has the expected sha256 (a verdict within the tolerance, or
+	// with other headers, is Verified but not Exact).
+	Exact     bool           `json:"exact"`
 	Tolerance uint64         `json:"tolerance_ulp"`
 	Shards    []ShardVerdict `json:"shards"`
 	Files     []FileVerdict  `json:"files"` // the index, config.json, hfmerge.json

@@ -76,7 +76,7 @@ func verifyCmd(c *cli.Context, st *state) error {
 		return &exitError{exitProblems, errReported}
 	}
 	st.done(fmt.Sprintf("verified %s at %s: %d shards, %s of them downloaded", res.Repo, short(res.Commit), len(res.Shards), hfmerge.Human(res.ShardBytes)),
-		"verified", "repo", res.Repo, "commit", res.Commit, "shards", len(res.Shards), "shard_bytes_downloaded", res.ShardBytes,
+		"verified", "repo", res.Repo, "commit", res.Commit, "exact", res.Exact, "shards", len(res.Shards), "shard_bytes_downloaded", res.ShardBytes,
 		"tolerance_ulp", res.Tolerance, "seconds", seconds(res.Elapsed))
 	return nil
 }
@@ -92,6 +92,8 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 		case s.Identical:
 			fmt.Fprintf(w, "  %-44s identical (sha256 %s)\n", s.Name, s.Expected[:16])
 			continue
+		case s.OK && r.Tolerance == 0:
+			fmt.Fprintf(w, "  %-44s the same tensors, other bytes (sha256 %s, expected %s)\n", s.Name, short16(s.OnHub), short16(s.Expected))
 		case s.OK:
 			fmt.Fprintf(w, "  %-44s within %d ulp (sha256 %s, expected %s)\n", s.Name, r.Tolerance, short16(s.OnHub), short16(s.Expected))
 		default:
@@ -127,11 +129,29 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 		}
 		fmt.Fprintf(w, "  %-44s %s: %s\n", f.Name, state, f.Note)
 	}
-	if r.Verified {
+	switch {
+	case r.Verified && r.Exact:
 		fmt.Fprintf(w, "verified: %s is this merge; %s of its shards downloaded\n", r.Repo, hfmerge.Human(r.ShardBytes))
-	} else {
+	case r.Verified && r.Tolerance == 0:
+		fmt.Fprintf(w, "verified: %s has this merge's tensors bit for bit (%d of %d shards in other bytes: headers differ); %s of its shards downloaded\n",
+			r.Repo, inexact(r), len(r.Shards), hfmerge.Human(r.ShardBytes))
+	case r.Verified:
+		fmt.Fprintf(w, "verified within %d ulp: %s is this merge but for rounding (%d of %d shards not bit-identical); %s of its shards downloaded\n",
+			r.Tolerance, r.Repo, inexact(r), len(r.Shards), hfmerge.Human(r.ShardBytes))
+	default:
 		fmt.Fprintf(w, "NOT verified: %s is not this merge (tolerance %d ulp); %s of its shards downloaded\n", r.Repo, r.Tolerance, hfmerge.Human(r.ShardBytes))
 	}
+}
+
+// inexact counts the shards whose sha256 is not the expected one.
+func inexact(r *hfmerge.VerifyResult) int {
+	n := 0
+	for _, s := range r.Shards {
+		if !s.Identical {
+			n++
+		}
+	}
+	return n
 }
 
 func short16(s string) string { return s[:min(16, len(s))] }

@@ -28,6 +28,7 @@ func TestVerifyCLI(t *testing.T) {
 	}
 	var res struct {
 		Verified   bool  `json:"verified"`
+		Exact      bool  `json:"exact"`
 		ShardBytes int64 `json:"shard_bytes_downloaded"`
 		Shards     []struct {
 			Name      string `json:"name"`
@@ -37,7 +38,7 @@ func TestVerifyCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
-	if !res.Verified || res.ShardBytes != 0 || len(res.Shards) != 3 {
+	if !res.Verified || !res.Exact || res.ShardBytes != 0 || len(res.Shards) != 3 {
 		t.Fatalf("%s", stdout)
 	}
 	st := e.h.Stats()
@@ -82,7 +83,8 @@ func TestVerifyCLI(t *testing.T) {
 	}
 	t.Logf("verify of the altered copy:\n%s", stdout)
 	code, stdout, stderr = e.run(t, bobRead, append(args, "--merged", "alice/altered", "--tolerance", "1ulp")...)
-	if code != 0 || !strings.Contains(stdout, "within 1 ulp") || !strings.Contains(stdout, "1 ulp ×1") {
+	if code != 0 || !strings.Contains(stdout, "within 1 ulp") || !strings.Contains(stdout, "1 ulp ×1") ||
+		!strings.Contains(stdout, "verified within 1 ulp: alice/altered is this merge but for rounding (1 of 3 shards not bit-identical)") {
 		t.Fatalf("with --tolerance 1ulp: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	if code, _, stderr = e.run(t, bobRead, append(args, "--merged", "alice/altered", "--tolerance", "one")...); code != 2 || !strings.Contains(stderr, "--tolerance") {
