@@ -157,3 +157,24 @@ func suggestCommand(c *cli.Context, name string) string {
 	}
 	return ""
 }
+
+// repoFlag reads a required flag naming a Hub repo, OWNER/NAME[@REVISION].
+func repoFlag(c *cli.Context, name string) (hub.Repo, string, error) {
+	if c.String(name) == "" {
+		return hub.Repo{}, "", usageErr("--%s is required", name)
+	}
+	repo, rev, err := hub.ParseRepo(c.String(name))
+	if err != nil {
+		return hub.Repo{}, "", usageErr("--%s: %v", name, err)
+	}
+	return repo, rev, nil
+}
+
+// targetRepo reads --repo, the repo a push writes to; its branch is --revision's.
+func targetRepo(c *cli.Context) (hub.Repo, error) {
+	repo, rev, err := repoFlag(c, "repo")
+	if err == nil && rev != "" {
+		err = usageErr("--repo %s: give the branch with --revision", c.String("repo"))
+	}
+	return repo, err
+}

@@ -60,15 +60,9 @@ func commitCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("repo") == "" {
-		return usageErr("--repo is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("repo"))
+	repo, err := targetRepo(c)
 	if err != nil {
-		return usageErr("--repo: %v", err)
-	}
-	if rev != "" {
-		return usageErr("--repo %s: give the branch with --revision", c.String("repo"))
+		return err
 	}
 	if o.offline {
 		return usageErr("commit needs the Hub; it cannot run offline")

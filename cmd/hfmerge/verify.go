@@ -10,7 +10,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hfmerge/hfmerge"
-	"github.com/hfmerge/hfmerge/hub"
 )
 
 // verifyFlags are verify's own flags, after the common ones.
@@ -37,12 +36,9 @@ func verifyCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("merged") == "" {
-		return usageErr("--merged is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("merged"))
+	repo, rev, err := repoFlag(c, "merged")
 	if err != nil {
-		return usageErr("--merged: %v", err)
+		return err
 	}
 	tol, err := parseTolerance(c.String("tolerance"))
 	if err != nil {
