@@ -37,7 +37,7 @@ type TensorDiff struct {
 	hist [66]int64 // 0, then [2^(k-1), 2^k) for k = 1..64, then NaN/unordered
 }
 
-// ULPBucket counts the elements at a distance in [Min, Max] ulp (Max 0 with Min > 0:
+// ULPBucket counts the elements at a distance in [Min, Max] ulp (both math.MaxUint64:
 // NaN or unordered).
 type ULPBucket struct {
 	Min   uint64 `json:"min_ulp"`
