@@ -304,7 +304,7 @@ func (v *verifier) examine(ctx context.Context, s *mergeplan.Shard, e hub.Entry,
 		if oid != e.LFS.OID {
 			v.o.Log.Info("the Xet chunk listings do not add up to the shard's sha256; comparing every tensor", "shard", s.Name)
 			sv.Notes = append(sv.Notes, fmt.Sprintf("the bytes Xet's answers vouched for, with those downloaded, have sha256 %s, not the listed %s: every tensor compared", oid, e.LFS.OID))
-			sv.Method = "ranges"
+			sv.Method, sv.Unknown = "ranges", 0
 			if cr, err = v.compareTensors(ctx, rm, exp, got, want, false, nil, nil); err != nil {
 				return err
 			}
