@@ -53,46 +53,7 @@ func TestVerifyXetAnswersChecked(t *testing.T) {
 	}
 	e.seedXet(t, "alice/one", one)
 	e.seedXet(t, "alice/two", two)
-	xetHash := func(repo string) string {
-		entries, err := e.c.Tree(context.Background(), hub.Repo{Type: "model", ID: repo}, "main", "", true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, en := range entries {
-			if en.Path == shard && en.XetHash != "" {
-				return en.XetHash
-			}
-		}
-		t.Fatalf("%s of %s has no xetHash", shard, repo)
-		return ""
-	}
-	lie, truth := "/v1/reconstructions/"+xetHash("alice/one"), "/v1/reconstructions/"+xetHash("alice/two")
-
-	cas, err := url.Parse(e.h.CASURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The fake CAS lets a token read only its repo's files: the lie is fetched with a
-	// token for alice/one and served in place of the truth.
-	tok, err := e.c.XetReadToken(context.Background(), hub.Repo{Type: "model", ID: "alice/one"}, "main")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lies atomic.Int64
-	proxy := httputil.NewSingleHostReverseProxy(cas)
-	rewrite := proxy.Director
-	proxy.Director = func(r *http.Request) {
-		if r.URL.Path == truth {
-			r.URL.Path = lie
-			r.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-			lies.Add(1)
-		}
-		rewrite(r)
-	}
-	srv := httptest.NewServer(proxy)
-	defer srv.Close()
-	e.h.SetCASURL(srv.URL)
-
+	lies, restore := lyingCAS(t, e, shard, "alice/two", "alice/one")
 	res := vc.verify(t, e.c, "alice/two", 1)
 	if lies.Load() == 0 {
 		t.Fatal("the lying reconstruction was never asked for: the test proves nothing")
@@ -115,7 +76,7 @@ func TestVerifyXetAnswersChecked(t *testing.T) {
 
 	// The truthful CAS: the same repo fails the same way, having downloaded less than
 	// the shard (the changed chunks only).
-	e.h.SetCASURL(cas.String())
+	restore()
 	res = vc.verify(t, e.c, "alice/two", 1)
 	for _, sv := range res.Shards {
 		if sv.Name == shard && (sv.OK || sv.Method != "xet" || len(sv.Tensors) != 2 || sv.Downloaded >= sv.Size) {
@@ -134,6 +95,82 @@ func TestVerifyXetAnswersChecked(t *testing.T) {
 	for _, sv := range res.Shards {
 		if sv.Name == shard && (sv.Method != "xet" || len(sv.Notes) != 0 || sv.Downloaded >= sv.Size/4) {
 			t.Errorf("the 1-ulp copy, %s: %+v", shard, sv)
+		}
+	}
+}
+
+// lyingCAS puts a proxy in front of the fake CAS that answers the reconstruction of
+// shard in repo truth with that of shard in repo lie; restore removes it.
+func lyingCAS(t *testing.T, e *xetEnv, shard, truth, lie string) (lies *atomic.Int64, restore func()) {
+	t.Helper()
+	xetHash := func(repo string) string {
+		entries, err := e.c.Tree(context.Background(), hub.Repo{Type: "model", ID: repo}, "main", "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, en := range entries {
+			if en.Path == shard && en.XetHash != "" {
+				return en.XetHash
+			}
+		}
+		t.Fatalf("%s of %s has no xetHash", shard, repo)
+		return ""
+	}
+	lieP, truthP := "/v1/reconstructions/"+xetHash(lie), "/v1/reconstructions/"+xetHash(truth)
+	cas, err := url.Parse(e.h.CASURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fake CAS lets a token read only its repo's files: the lie is fetched with a
+	// token for its repo and served in place of the truth.
+	tok, err := e.c.XetReadToken(context.Background(), hub.Repo{Type: "model", ID: lie}, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lies = &atomic.Int64{}
+	proxy := httputil.NewSingleHostReverseProxy(cas)
+	rewrite := proxy.Director
+	proxy.Director = func(r *http.Request) {
+		if r.URL.Path == truthP {
+			r.URL.Path = lieP
+			r.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+			lies.Add(1)
+		}
+		rewrite(r)
+	}
+	srv := httptest.NewServer(proxy)
+	t.Cleanup(srv.Close)
+	e.h.SetCASURL(srv.URL)
+	return lies, func() { e.h.SetCASURL(cas.String()) }
+}
+
+// TestVerifyXetContradiction: without a tolerance, a CAS that answers for an altered
+// shard with the reconstruction of the right one vouches for every chunk; the sha256
+// still differs, so the answers are wrong: verify says so and compares every tensor,
+// naming the altered one, rather than claiming a difference outside every tensor.
+func TestVerifyXetContradiction(t *testing.T) {
+	e := newXetEnv(t)
+	vc := newVerifyCase(t, e.c, verifyProjections, nil)
+	e.seedXet(t, "alice/right", vc.merged)
+	bad := copyDir(t, vc.merged)
+	const name = "model.layers.1.mlp.down_proj.weight"
+	shard, _, _ := alterTensor(t, vc.p, bad, name)
+	e.seedXet(t, "alice/altered", bad)
+	lies, _ := lyingCAS(t, e, shard, "alice/altered", "alice/right")
+	res := vc.verify(t, e.c, "alice/altered", 0)
+	if lies.Load() == 0 {
+		t.Fatal("the lying reconstruction was never asked for: the test proves nothing")
+	}
+	if res.Verified {
+		t.Fatal("verified")
+	}
+	for _, sv := range res.Shards {
+		if sv.Name != shard {
+			continue
+		}
+		if sv.Method != "ranges" || len(sv.Problems) != 0 || len(sv.Tensors) != 1 || sv.Tensors[0].Name != name ||
+			!strings.Contains(strings.Join(sv.Notes, "; "), "sha256") {
+			t.Errorf("%s: %+v", shard, sv)
 		}
 	}
 }

@@ -108,6 +108,9 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 			}
 			fmt.Fprintf(w, "      %s: %d of %d elements differ (%d compared), max %s; %s\n", t.Name, t.Differing, t.Elements, t.Compared,
 				ulpString(t.MaxULP), histogram(t.Histogram))
+			if t.BitsOnly > 0 {
+				fmt.Fprintf(w, "      %s: %d elements of the same value in other bits (+0/-0, NaN payloads)\n", t.Name, t.BitsOnly)
+			}
 		}
 		how := "every tensor read by range (LFS gives no finer digest)"
 		if s.Method == "xet" {
@@ -129,7 +132,7 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 	case r.Verified && r.Exact:
 		fmt.Fprintf(w, "verified: %s is this merge; %s of its shards downloaded\n", r.Repo, hfmerge.Human(r.ShardBytes))
 	case r.Verified && r.Tolerance == 0:
-		fmt.Fprintf(w, "verified: %s has this merge's tensors bit for bit (%d of %d shards in other bytes: headers differ); %s of its shards downloaded\n",
+		fmt.Fprintf(w, "verified: %s has this merge's tensors bit for bit (%d of %d shards in other bytes: their headers differ); %s of its shards downloaded\n",
 			r.Repo, inexact(r), len(r.Shards), hfmerge.Human(r.ShardBytes))
 	case r.Verified:
 		fmt.Fprintf(w, "verified within %d ulp: %s is this merge but for rounding (%d of %d shards not bit-identical); %s of its shards downloaded\n",
