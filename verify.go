@@ -59,9 +59,10 @@ func Verify(ctx context.Context, l *Inputs, p *mergeplan.Plan, o VerifyOptions) 
 	if err := v.small(ctx); err != nil {
 		return nil, err
 	}
-	v.res.Verified = true
+	v.res.Verified, v.res.Exact = true, true
 	for _, s := range v.res.Shards {
 		v.res.Verified = v.res.Verified && s.OK
+		v.res.Exact = v.res.Exact && s.Identical
 	}
 	for _, f := range v.res.Files {
 		v.res.Verified = v.res.Verified && f.OK
@@ -85,10 +86,13 @@ type VerifyOptions struct {
 
 // VerifyResult is what Verify found.
 type VerifyResult struct {
-	Repo      string         `json:"repo"`
-	Revision  string         `json:"revision"`
-	Commit    string         `json:"commit"`
-	Verified  bool           `json:"verified"`
+	Repo     string `json:"repo"`
+	Revision string `json:"revision"`
+	Commit   string `json:"commit"`
+	Verified bool   `json:"verified"`
+	// Exact: every shard has the expected sha256 (a verdict within the tolerance, or
+	// with other headers, is Verified but not Exact).
+	Exact     bool           `json:"exact"`
 	Tolerance uint64         `json:"tolerance_ulp"`
 	Shards    []ShardVerdict `json:"shards"`
 	Files     []FileVerdict  `json:"files"` // the index, config.json, hfmerge.json
@@ -175,9 +179,10 @@ func (v *verifier) shards(ctx context.Context) error {
 		v.res.Shards = append(v.res.Shards, sv)
 		v.o.Progress.emit(Event{Type: ShardDone, Stage: StageHash, Shard: s.Name, Bytes: s.Size()})
 	}
-	for path, e := range v.files {
+	// In name order: the verdict is the same run after run.
+	for _, path := range slices.Sorted(maps.Keys(v.files)) {
 		if weightFile(path) && !slices.ContainsFunc(v.p.Shards, func(s mergeplan.Shard) bool { return s.Name == path }) && path != v.p.IndexName {
-			v.res.Shards = append(v.res.Shards, ShardVerdict{Name: path, Size: e.Size, Problems: []string{"a weight file the merge does not have"}})
+			v.res.Shards = append(v.res.Shards, ShardVerdict{Name: path, Size: v.files[path].Size, Problems: []string{"a weight file the merge does not have"}})
 		}
 	}
 	return nil
@@ -280,8 +285,62 @@ func (v *verifier) examine(ctx context.Context, s *mergeplan.Shard, e hub.Entry,
 			}
 		}
 	}
-	var hist TensorDiff
-	bad := false
+	var sum *fileSum
+	if sv.Method == "xet" && v.o.Tolerance > 0 {
+		// Only a tolerance lets a shard whose sha256 differs pass; then the bytes Xet
+		// vouched for must be proven: with those downloaded, they must make the sha256
+		// the Hub lists. (Without a tolerance a differing sha256 always fails.)
+		sum = newFileSum(exp)
+	}
+	cr, err := v.compareTensors(ctx, rm, exp, got, want, sv.Method == "xet", spans, sum)
+	if err != nil {
+		return err
+	}
+	if sv.Method == "xet" && !cr.bad {
+		// The shard passes so far on what Xet left to compare, yet its sha256 is not
+		// the expected one. Without a tolerance that is a contradiction: every byte
+		// compared was the expected one, so the file Xet's answers describe is the
+		// expected file, and they are wrong. With one, the bytes must add up.
+		oid := sv.Expected
+		if sum != nil {
+			if oid, err = sum.finish(ctx, e.Size); err != nil {
+				return err
+			}
+		}
+		if oid != e.LFS.OID {
+			v.o.Log.Info("the Xet chunk listings do not add up to the shard's sha256; comparing every tensor", "shard", s.Name)
+			sv.Notes = append(sv.Notes, fmt.Sprintf("the bytes Xet's answers vouched for, with those downloaded, have sha256 %s, not the listed %s: every tensor compared", oid, e.LFS.OID))
+			sv.Method, sv.Unknown = "ranges", 0
+			if cr, err = v.compareTensors(ctx, rm, exp, got, want, false, nil, nil); err != nil {
+				return err
+			}
+		}
+	}
+	sv.Tensors, sv.Histogram, sv.Compared = cr.tensors, cr.hist.Histogram, cr.hist.Compared
+	bad := cr.bad
+	if !bad && len(sv.Tensors) == 0 && sameHeader {
+		// Same header, same tensors, yet another sha256: only bytes outside every
+		// tensor can differ (padding the format does not have): not a merge of these.
+		sv.Problems = append(sv.Problems, "the bytes differ outside every tensor")
+		bad = true
+	}
+	sv.OK = !bad
+	return nil
+}
+
+// compared is what comparing a shard's tensors found.
+type compared struct {
+	tensors []TensorDiff // those that differ or could not be compared
+	hist    TensorDiff   // the sum over every element compared
+	bad     bool         // some tensor differs beyond the tolerance, or in structure
+}
+
+// compareTensors compares the published shard's tensors with the expected ones: with
+// localized, only their parts inside spans (the rest is known identical), else every
+// tensor whole. sum, if any, is fed every byte downloaded, in file order.
+func (v *verifier) compareTensors(ctx context.Context, rm *published, exp io.ReaderAt, got, want *safetensors.Header,
+	localized bool, spans []span, sum *fileSum) (compared, error) {
+	var c compared
 	for _, wt := range want.Tensors {
 		gt, ok := got.Tensor(wt.Name)
 		td := TensorDiff{Name: wt.Name, DType: string(wt.DType), Elements: wt.Elements()}
@@ -294,49 +353,42 @@ func (v *verifier) examine(ctx context.Context, s *mergeplan.Shard, e hub.Entry,
 			td.Problem = fmt.Sprintf("shape %v, expected %v", gt.Shape, wt.Shape)
 		}
 		if td.Problem != "" {
-			bad = true
-			sv.Tensors = append(sv.Tensors, td)
+			c.bad = true
+			c.tensors = append(c.tensors, td)
 			continue
 		}
 		a, b := got.DataOffset+gt.Begin, got.DataOffset+gt.End
 		ranges := []span{{a, b}}
-		if sv.Method == "xet" {
+		if localized {
 			ranges = clip(spans, a, b, elementSize(wt.DType))
 		}
 		shift := want.DataOffset + wt.Begin - a
 		for _, r := range ranges {
-			if err := v.compare(ctx, rm, exp, r, shift, wt.DType, &td); err != nil {
-				return fmt.Errorf("tensor %s: %w", wt.Name, err)
+			if err := v.compare(ctx, rm, exp, r, shift, wt.DType, &td, sum); err != nil {
+				return c, fmt.Errorf("tensor %s: %w", wt.Name, err)
 			}
 		}
-		for k, c := range td.hist {
-			hist.hist[k] += c
+		for k, n := range td.hist {
+			c.hist.hist[k] += n
 		}
-		hist.Compared += td.Compared
-		if td.Differing > 0 {
+		c.hist.Compared += td.Compared
+		if td.Differing > 0 || td.BitsOnly > 0 {
 			td.finish()
-			sv.Tensors = append(sv.Tensors, td)
-			if td.MaxULP > v.o.Tolerance {
-				bad = true
+			c.tensors = append(c.tensors, td)
+			// Without a tolerance, identical means the same bits, not only the same values.
+			if td.MaxULP > v.o.Tolerance || v.o.Tolerance == 0 {
+				c.bad = true
 			}
 		}
 	}
 	for _, gt := range got.Tensors {
 		if _, ok := want.Tensor(gt.Name); !ok {
-			bad = true
-			sv.Tensors = append(sv.Tensors, TensorDiff{Name: gt.Name, DType: string(gt.DType), Elements: gt.Elements(), Problem: "not in the expected shard"})
+			c.bad = true
+			c.tensors = append(c.tensors, TensorDiff{Name: gt.Name, DType: string(gt.DType), Elements: gt.Elements(), Problem: "not in the expected shard"})
 		}
 	}
-	hist.finish()
-	sv.Histogram, sv.Compared = hist.Histogram, hist.Compared
-	if !bad && len(sv.Tensors) == 0 && sameHeader {
-		// Same header, same tensors, yet another sha256: only bytes outside every
-		// tensor can differ (padding the format does not have): not a merge of these.
-		sv.Problems = append(sv.Problems, "the bytes differ outside every tensor")
-		bad = true
-	}
-	sv.OK = !bad
-	return nil
+	c.hist.finish()
+	return c, nil
 }
 
 // hubHeader reads a published shard's header: 8 bytes of length, then the JSON.
@@ -366,7 +418,7 @@ func (v *verifier) localize(ctx context.Context, exp io.ReaderAt, size int64, xe
 		return nil, nil
 	}
 	if v.xet == nil {
-		x, err := newXetLocalizer(ctx, v.o.Client, v.o.Repo, v.commit)
+		x, err := newXetLocalizer(ctx, v.o.Client, v.o.Repo, v.commit, v.o.Log)
 		if errors.Is(err, hub.ErrNoXet) {
 			v.noXet = true
 			return nil, nil
@@ -391,14 +443,19 @@ func (v *verifier) localize(ctx context.Context, exp io.ReaderAt, size int64, xe
 const compareBlock = 1 << 20
 
 // compare downloads the range r of the Hub's file and compares it with the expected
-// bytes shift further on.
-func (v *verifier) compare(ctx context.Context, rm *published, exp io.ReaderAt, r span, shift int64, d safetensors.DType, td *TensorDiff) error {
-	want := make([]byte, compareBlock)
+// bytes shift further on, a block at a time.
+func (v *verifier) compare(ctx context.Context, rm *published, exp io.ReaderAt, r span, shift int64, d safetensors.DType, td *TensorDiff, sum *fileSum) error {
+	want := make([]byte, min(compareBlock, r.end-r.off))
 	for off := r.off; off < r.end; off += compareBlock {
 		n := min(compareBlock, r.end-off)
 		got, err := rm.read(ctx, off, n)
 		if err != nil {
 			return err
+		}
+		if sum != nil {
+			if err := sum.add(ctx, off, got); err != nil {
+				return err
+			}
 		}
 		if _, err := exp.ReadAt(want[:n], off+shift); err != nil && !errors.Is(err, io.EOF) {
 			return err

@@ -97,6 +97,12 @@ func tensorAt(t testing.TB, p *mergeplan.Plan, dir, name string) (string, *safet
 // alterTensor adds one ulp to the element in the middle of a tensor of a merged model.
 func alterTensor(t testing.TB, p *mergeplan.Plan, dir, name string) (shard string, h *safetensors.Header, ti *safetensors.Tensor) {
 	t.Helper()
+	return alterTensorBy(t, p, dir, name, 1)
+}
+
+// alterTensorBy adds ulps to the element in the middle of a BF16 tensor.
+func alterTensorBy(t testing.TB, p *mergeplan.Plan, dir, name string, ulps uint16) (shard string, h *safetensors.Header, ti *safetensors.Tensor) {
+	t.Helper()
 	shard, h, ti = tensorAt(t, p, dir, name)
 	path := filepath.Join(dir, shard)
 	b, err := os.ReadFile(path)
@@ -104,7 +110,7 @@ func alterTensor(t testing.TB, p *mergeplan.Plan, dir, name string) (shard strin
 		t.Fatal(err)
 	}
 	at := h.DataOffset + ti.Begin + ti.Len()/2
-	binary.LittleEndian.PutUint16(b[at:], binary.LittleEndian.Uint16(b[at:])+1)
+	binary.LittleEndian.PutUint16(b[at:], binary.LittleEndian.Uint16(b[at:])+ulps)
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}

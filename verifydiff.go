@@ -27,6 +27,9 @@ type TensorDiff struct {
 	// bytes known to be identical (Xet chunks with the expected hashes).
 	Compared  int64 `json:"compared"`
 	Differing int64 `json:"differing"`
+	// BitsOnly counts the elements 0 ulp apart in other bits (+0 and -0, NaNs with
+	// other payloads): the same values, not the same bytes.
+	BitsOnly int64 `json:"bits_only,omitempty"`
 	// MaxULP is the largest distance; math.MaxUint64 when a NaN met a number, or the
 	// dtype has no order (packed 4- and 6-bit floats: any difference).
 	MaxULP    uint64      `json:"max_ulp"`
@@ -37,7 +40,7 @@ type TensorDiff struct {
 	hist [66]int64 // 0, then [2^(k-1), 2^k) for k = 1..64, then NaN/unordered
 }
 
-// ULPBucket counts the elements at a distance in [Min, Max] ulp (Max 0 with Min > 0:
+// ULPBucket counts the elements at a distance in [Min, Max] ulp (both math.MaxUint64:
 // NaN or unordered).
 type ULPBucket struct {
 	Min   uint64 `json:"min_ulp"`
@@ -75,6 +78,9 @@ func (t *TensorDiff) add(d safetensors.DType, got, want []byte) {
 		t.Compared++
 		if u == 0 {
 			t.hist[0]++
+			if string(got[i:i+n]) != string(want[i:i+n]) {
+				t.BitsOnly++
+			}
 			continue
 		}
 		t.Differing++

@@ -78,3 +78,16 @@ func TestClip(t *testing.T) {
 		t.Errorf("between spans: %v", got)
 	}
 }
+
+// TestTensorDiffBitsOnly: +0 against -0 and two NaNs of other payloads are 0 ulp apart
+// but other bits: counted apart, not as differing.
+func TestTensorDiffBitsOnly(t *testing.T) {
+	var td TensorDiff
+	// BF16: +0, -0; a NaN 0x7fc1 against 0x7fc0; 1.0 against 1.0.
+	got := []byte{0x00, 0x00, 0xc1, 0x7f, 0x80, 0x3f}
+	want := []byte{0x00, 0x80, 0xc0, 0x7f, 0x80, 0x3f}
+	td.add(safetensors.BF16, got, want)
+	if td.Compared != 3 || td.Differing != 0 || td.BitsOnly != 2 || td.MaxULP != 0 {
+		t.Errorf("%+v", td)
+	}
+}

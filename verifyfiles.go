@@ -15,15 +15,9 @@ import (
 // small compares the index, config.json and hfmerge.json.
 func (v *verifier) small(ctx context.Context) error {
 	if v.p.IndexName != "" {
-		fv := FileVerdict{Name: v.p.IndexName}
-		b, err := v.read(ctx, v.p.IndexName)
-		switch {
-		case err != nil:
+		fv, err := v.against(ctx, v.p.IndexName, func(b []byte) (bool, string) { return sameWeightMap(b, v.p.Index) })
+		if err != nil {
 			return err
-		case b == nil:
-			fv.Note = "missing"
-		default:
-			fv.OK, fv.Note = sameWeightMap(b, v.p.Index)
 		}
 		v.res.Files = append(v.res.Files, fv)
 	}
@@ -35,15 +29,9 @@ func (v *verifier) small(ctx context.Context) error {
 		}
 	}
 	if cfg != nil {
-		fv := FileVerdict{Name: "config.json"}
-		b, err := v.read(ctx, "config.json")
-		switch {
-		case err != nil:
+		fv, err := v.against(ctx, "config.json", func(b []byte) (bool, string) { return sameConfig(b, cfg) })
+		if err != nil {
 			return err
-		case b == nil:
-			fv.Note = "missing"
-		default:
-			fv.OK, fv.Note = sameConfig(b, cfg)
 		}
 		v.res.Files = append(v.res.Files, fv)
 	}
@@ -53,6 +41,21 @@ func (v *verifier) small(ctx context.Context) error {
 	}
 	v.res.Files = append(v.res.Files, fv)
 	return nil
+}
+
+// against judges a small file of the published repo with same; a missing file fails.
+func (v *verifier) against(ctx context.Context, name string, same func([]byte) (bool, string)) (FileVerdict, error) {
+	fv := FileVerdict{Name: name}
+	b, err := v.read(ctx, name)
+	switch {
+	case err != nil:
+		return fv, err
+	case b == nil:
+		fv.Note = "missing"
+	default:
+		fv.OK, fv.Note = same(b)
+	}
+	return fv, nil
 }
 
 // read downloads a small file of the published repo, or nil when it has none.

@@ -2,8 +2,13 @@ package hfmerge
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"log/slog"
 	"slices"
 
 	"github.com/hfmerge/hfmerge/hub"
@@ -69,7 +74,7 @@ type xetLocalizer struct {
 
 // newXetLocalizer gets a read token for the repo; ErrNoXet (wrapped) when there is
 // no Xet storage.
-func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev string) (*xetLocalizer, error) {
+func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev string, log *slog.Logger) (*xetLocalizer, error) {
 	first, err := c.XetReadToken(ctx, repo, rev)
 	if err != nil {
 		return nil, err
@@ -86,7 +91,9 @@ func newXetLocalizer(ctx context.Context, c *hub.Client, repo hub.Repo, rev stri
 		used = true
 		return xet.Token{AccessToken: tok.AccessToken, Expiry: tok.Expiry, CASURL: tok.CASURL}, nil
 	}
-	return &xetLocalizer{cas: xet.NewClient(tokens, xet.ClientOptions{})}, nil
+	// The CAS client logs every retry and wait (bounded by its own timeouts), so that
+	// none is silent.
+	return &xetLocalizer{cas: xet.NewClient(tokens, xet.ClientOptions{Logger: log, UserAgent: "hfmerge"})}, nil
 }
 
 // unknown returns the ranges of the Hub file (Xet hash fileHash) that are not made of
@@ -208,4 +215,57 @@ func clip(spans []span, a, b, n int64) []span {
 		out = append(out, s)
 	}
 	return out
+}
+
+// fileSum re-forms the sha256 of the Hub's file from the bytes downloaded and, between
+// them, the expected bytes Xet's answers vouched for. Equal to the sha256 the Hub lists,
+// it proves the answers right; else they were wrong (a buggy or lying CAS), and nothing
+// they vouched for may be trusted. It reads the expected file once, a block at a time.
+type fileSum struct {
+	h   hash.Hash
+	exp io.ReaderAt
+	pos int64
+	buf []byte
+}
+
+func newFileSum(exp io.ReaderAt) *fileSum { return &fileSum{h: sha256.New(), exp: exp} }
+
+// add feeds the expected bytes up to off, then b, the Hub's bytes at off.
+func (f *fileSum) add(ctx context.Context, off int64, b []byte) error {
+	if off < f.pos {
+		return fmt.Errorf("verify: bytes at %d fed after %d", off, f.pos)
+	}
+	if err := f.fill(ctx, off); err != nil {
+		return err
+	}
+	f.h.Write(b)
+	f.pos += int64(len(b))
+	return nil
+}
+
+// fill feeds the expected bytes [pos, end).
+func (f *fileSum) fill(ctx context.Context, end int64) error {
+	if f.buf == nil && f.pos < end {
+		f.buf = make([]byte, compareBlock)
+	}
+	for f.pos < end {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(int64(len(f.buf)), end-f.pos)
+		if _, err := f.exp.ReadAt(f.buf[:n], f.pos); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		f.h.Write(f.buf[:n])
+		f.pos += n
+	}
+	return nil
+}
+
+// finish feeds the expected bytes to the end of the file and returns the sha256.
+func (f *fileSum) finish(ctx context.Context, size int64) (string, error) {
+	if err := f.fill(ctx, size); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(f.h.Sum(nil)), nil
 }

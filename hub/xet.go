@@ -40,17 +40,7 @@ func (c *Client) XetWriteToken(ctx context.Context, r Repo, rev string, pr bool)
 			rev = "None"
 		}
 	}
-	u := c.apiURL(r.apiPath()+"/xet-write-token/"+escapeRev(rev), q)
-	t, err := c.fetchXetToken(ctx, u)
-	var he *HTTPError
-	if errors.As(err, &he) && (he.Status == http.StatusNotFound || he.Status == http.StatusNotImplemented) {
-		return XetToken{}, fmt.Errorf("%w (%w)", ErrNoXet, err)
-	}
-	if err != nil {
-		return XetToken{}, err
-	}
-	t.RefreshURL = u.String()
-	return t, nil
+	return c.routeXetToken(ctx, c.apiURL(r.apiPath()+"/xet-write-token/"+escapeRev(rev), q))
 }
 
 // XetReadToken asks for a CAS read token for rev of a repo (GET
@@ -60,7 +50,12 @@ func (c *Client) XetReadToken(ctx context.Context, r Repo, rev string) (XetToken
 	if rev == "" {
 		rev = "main"
 	}
-	u := c.apiURL(r.apiPath()+"/xet-read-token/"+escapeRev(rev), nil)
+	return c.routeXetToken(ctx, c.apiURL(r.apiPath()+"/xet-read-token/"+escapeRev(rev), nil))
+}
+
+// routeXetToken fetches a token from a token route, which is also where it is
+// refreshed; ErrNoXet when the route is not there.
+func (c *Client) routeXetToken(ctx context.Context, u *url.URL) (XetToken, error) {
 	t, err := c.fetchXetToken(ctx, u)
 	var he *HTTPError
 	if errors.As(err, &he) && (he.Status == http.StatusNotFound || he.Status == http.StatusNotImplemented) {

@@ -23,6 +23,11 @@ func TestCLIHygiene(t *testing.T) {
 		{[]string{"push", "--base", "alice/base", "--adapter", e.adapter, "--repo", "alice/m", "--disk-budget", "Inf"}, "--disk-budget"},
 		{[]string{"push", "--base", "alice/base", "--adapter", e.adapter, "--repo", "alice/m", "--disk-budget", "1e30"}, "--disk-budget"},
 		{[]string{"push", "--base", "alice/base", "--adapter", e.adapter, "--repo", "alice/m", "--card", "never"}, "--card"},
+		{[]string{"push", "--base", "alice/base", "--adapter", e.adapter}, "--repo is required"},
+		{[]string{"push", "--base", "alice/base", "--adapter", e.adapter, "--repo", "alice/m@dev"}, "give the branch with --revision"},
+		{[]string{"commit", "--base", "alice/base", "--adapter", e.adapter, "--repo", "alice/m@dev"}, "give the branch with --revision"},
+		{[]string{"verify", "--base", "alice/base", "--adapter", e.adapter}, "--merged is required"},
+		{[]string{"verify", "--base", "alice/base", "--adapter", e.adapter, "--merged", "no-owner"}, "--merged: "},
 	} {
 		code, stdout, stderr := e.run(t, aliceWrite, c.args...)
 		lines := strings.Split(strings.TrimSpace(stderr), "\n")

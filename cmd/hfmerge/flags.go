@@ -157,3 +157,15 @@ func suggestCommand(c *cli.Context, name string) string {
 	}
 	return ""
 }
+
+// repoFlag reads a required flag naming a Hub repo, OWNER/NAME[@REVISION].
+func repoFlag(c *cli.Context, name string) (hub.Repo, string, error) {
+	if c.String(name) == "" {
+		return hub.Repo{}, "", usageErr("--%s is required", name)
+	}
+	repo, rev, err := hub.ParseRepo(c.String(name))
+	if err != nil {
+		return hub.Repo{}, "", usageErr("--%s: %v", name, err)
+	}
+	return repo, rev, nil
+}

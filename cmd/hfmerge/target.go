@@ -18,16 +18,12 @@ import (
 // targetRepo reads --repo, which names a repo without a revision (the branch is
 // --revision), for a command that needs the Hub.
 func targetRepo(c *cli.Context, o *options) (hub.Repo, error) {
-	s := c.String("repo")
-	if s == "" {
-		return hub.Repo{}, usageErr("--repo is required")
-	}
-	repo, rev, err := hub.ParseRepo(s)
+	repo, rev, err := repoFlag(c, "repo")
 	if err != nil {
-		return hub.Repo{}, usageErr("--repo: %v", err)
+		return hub.Repo{}, err
 	}
 	if rev != "" {
-		return hub.Repo{}, usageErr("--repo %s: give the branch with --revision", s)
+		return hub.Repo{}, usageErr("--repo %s: give the branch with --revision", c.String("repo"))
 	}
 	if o.offline {
 		return hub.Repo{}, usageErr("%s needs the Hub; it cannot run offline", c.Command.Name)

@@ -10,7 +10,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hfmerge/hfmerge"
-	"github.com/hfmerge/hfmerge/hub"
 )
 
 // verifyFlags are verify's own flags, after the common ones.
@@ -37,12 +36,9 @@ func verifyCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	if c.String("merged") == "" {
-		return usageErr("--merged is required")
-	}
-	repo, rev, err := hub.ParseRepo(c.String("merged"))
+	repo, rev, err := repoFlag(c, "merged")
 	if err != nil {
-		return usageErr("--merged: %v", err)
+		return err
 	}
 	tol, err := parseTolerance(c.String("tolerance"))
 	if err != nil {
@@ -76,7 +72,7 @@ func verifyCmd(c *cli.Context, st *state) error {
 		return &exitError{exitProblems, errReported}
 	}
 	st.done(fmt.Sprintf("verified %s at %s: %d shards, %s of them downloaded", res.Repo, short(res.Commit), len(res.Shards), hfmerge.Human(res.ShardBytes)),
-		"verified", "repo", res.Repo, "commit", res.Commit, "shards", len(res.Shards), "shard_bytes_downloaded", res.ShardBytes,
+		"verified", "repo", res.Repo, "commit", res.Commit, "exact", res.Exact, "shards", len(res.Shards), "shard_bytes_downloaded", res.ShardBytes,
 		"tolerance_ulp", res.Tolerance, "seconds", seconds(res.Elapsed))
 	return nil
 }
@@ -92,6 +88,8 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 		case s.Identical:
 			fmt.Fprintf(w, "  %-44s identical (sha256 %s)\n", s.Name, s.Expected[:16])
 			continue
+		case s.OK && r.Tolerance == 0:
+			fmt.Fprintf(w, "  %-44s the same tensors, other bytes (sha256 %s, expected %s)\n", s.Name, short16(s.OnHub), short16(s.Expected))
 		case s.OK:
 			fmt.Fprintf(w, "  %-44s within %d ulp (sha256 %s, expected %s)\n", s.Name, r.Tolerance, short16(s.OnHub), short16(s.Expected))
 		default:
@@ -110,6 +108,9 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 			}
 			fmt.Fprintf(w, "      %s: %d of %d elements differ (%d compared), max %s; %s\n", t.Name, t.Differing, t.Elements, t.Compared,
 				ulpString(t.MaxULP), histogram(t.Histogram))
+			if t.BitsOnly > 0 {
+				fmt.Fprintf(w, "      %s: %d elements of the same value in other bits (+0/-0, NaN payloads)\n", t.Name, t.BitsOnly)
+			}
 		}
 		how := "every tensor read by range (LFS gives no finer digest)"
 		if s.Method == "xet" {
@@ -127,11 +128,29 @@ func printVerify(w io.Writer, r *hfmerge.VerifyResult) {
 		}
 		fmt.Fprintf(w, "  %-44s %s: %s\n", f.Name, state, f.Note)
 	}
-	if r.Verified {
+	switch {
+	case r.Verified && r.Exact:
 		fmt.Fprintf(w, "verified: %s is this merge; %s of its shards downloaded\n", r.Repo, hfmerge.Human(r.ShardBytes))
-	} else {
+	case r.Verified && r.Tolerance == 0:
+		fmt.Fprintf(w, "verified: %s has this merge's tensors bit for bit (%d of %d shards in other bytes: their headers differ); %s of its shards downloaded\n",
+			r.Repo, inexact(r), len(r.Shards), hfmerge.Human(r.ShardBytes))
+	case r.Verified:
+		fmt.Fprintf(w, "verified within %d ulp: %s is this merge but for rounding (%d of %d shards not bit-identical); %s of its shards downloaded\n",
+			r.Tolerance, r.Repo, inexact(r), len(r.Shards), hfmerge.Human(r.ShardBytes))
+	default:
 		fmt.Fprintf(w, "NOT verified: %s is not this merge (tolerance %d ulp); %s of its shards downloaded\n", r.Repo, r.Tolerance, hfmerge.Human(r.ShardBytes))
 	}
+}
+
+// inexact counts the shards whose sha256 is not the expected one.
+func inexact(r *hfmerge.VerifyResult) int {
+	n := 0
+	for _, s := range r.Shards {
+		if !s.Identical {
+			n++
+		}
+	}
+	return n
 }
 
 func short16(s string) string { return s[:min(16, len(s))] }
