@@ -27,6 +27,9 @@ const (
 	exitFailure  = 1
 	exitUsage    = 2
 	exitProblems = 3
+	// exitPending: commit found shares of the run not yet on the Hub; run it again
+	// later. Apart from 3, so that a retry policy retries this and nothing else.
+	exitPending = 4
 )
 
 // exitError carries the exit status an error should end the process with.

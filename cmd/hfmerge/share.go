@@ -104,7 +104,7 @@ func commitCmd(c *cli.Context, st *state) error {
 		case ctx.Err() != nil:
 			return fmt.Errorf("commit stopped (%v); nothing was committed", context.Cause(ctx))
 		case errors.As(err, &me), errors.Is(err, hfmerge.ErrNoShares):
-			return &exitError{exitProblems, err}
+			return &exitError{exitPending, err}
 		}
 		return err
 	}

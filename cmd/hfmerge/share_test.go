@@ -247,7 +247,7 @@ func TestShardsMissingAndKilled(t *testing.T) {
 	repo := "alice/merged"
 	home := e.worker(t)
 	code, stdout, stderr := runOn(t, e.on(home, e.commitArgs(repo)...))
-	if code != 3 || !strings.Contains(stderr, "no share of this run is on the Hub") || !strings.Contains(stderr, "push --shards") {
+	if code != 4 || !strings.Contains(stderr, "no share of this run is on the Hub") || !strings.Contains(stderr, "push --shards") {
 		t.Errorf("commit before any share: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 
@@ -258,7 +258,7 @@ func TestShardsMissingAndKilled(t *testing.T) {
 	run := runID(t, stdout)
 	two := manifestOf(t, e.h, repo, run, "2/3")
 	code, stdout, stderr = runOn(t, e.on(home, e.commitArgs(repo)...))
-	if code != 3 || !strings.Contains(stderr, "missing") {
+	if code != 4 || !strings.Contains(stderr, "missing") {
 		t.Fatalf("commit with share 2/3 only: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	for name := range e.shards {
