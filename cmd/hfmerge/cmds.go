@@ -119,14 +119,11 @@ func pushCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	var run *hfmerge.Run
-	if webhookRun(c) {
-		// Before anything else: an event that calls for no merge ends the run here.
-		if run, err = st.fromWebhook(c, o, repo); err != nil || run == nil {
-			return err
-		}
+	// Before anything else: an event that calls for no merge ends the run here.
+	run, ok, err := st.trigger(c, o, repo)
+	if err != nil || !ok {
+		return err
 	}
-	run = jobRun(run)
 	budget := int64(-1)
 	if s := c.String("disk-budget"); s != "" {
 		if budget, err = hfmerge.ParseSize(s); err != nil {

@@ -63,15 +63,12 @@ func commitCmd(c *cli.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	var run *hfmerge.Run
-	if webhookRun(c) {
-		// The shares pushed with --from-webhook merged the event's commit: so does the
-		// commit given the same event, and it records the event as push does.
-		if run, err = st.fromWebhook(c, o, repo); err != nil || run == nil {
-			return err
-		}
+	// The shares pushed with --from-webhook merged the event's commit: so does the
+	// commit given the same event, and it records the event as push does.
+	run, ok, err := st.trigger(c, o, repo)
+	if err != nil || !ok {
+		return err
 	}
-	run = jobRun(run)
 	card, err := cardPolicy(c)
 	if err != nil {
 		return err

@@ -54,3 +54,15 @@ func checkAccess(ctx context.Context, o *options, t upload.Target) error {
 	}
 	return nil
 }
+
+// trigger reads what started the run: the webhook event of --from-webhook, whose commit
+// the run merges, and the Job it runs in. ok is false when the event calls for nothing
+// (fromWebhook has said why).
+func (st *state) trigger(c *cli.Context, o *options, repo hub.Repo) (run *hfmerge.Run, ok bool, err error) {
+	if webhookRun(c) {
+		if run, err = st.fromWebhook(c, o, repo); err != nil || run == nil {
+			return nil, false, err
+		}
+	}
+	return jobRun(run), true, nil
+}
