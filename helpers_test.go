@@ -34,6 +34,12 @@ func model(t testing.TB, spec fixture.LlamaSpec, n int, projections []string, ed
 	if edit != nil {
 		edit(m, a)
 	}
+	return writeInputs(t, m, a)
+}
+
+// writeInputs writes a generated base and adapter into a temp dir.
+func writeInputs(t testing.TB, m *fixture.Model, a *fixture.Adapter) (base, adapter string) {
+	t.Helper()
 	dir := t.TempDir()
 	base, adapter = filepath.Join(dir, "base"), filepath.Join(dir, "adapter")
 	if err := m.Write(base); err != nil {

@@ -80,19 +80,6 @@ func TestQuantSizesMatchMerge(t *testing.T) {
 	}
 }
 
-func writeInputs(t *testing.T, m *fixture.Model, a *fixture.Adapter) (base, adapter string) {
-	t.Helper()
-	dir := t.TempDir()
-	base, adapter = filepath.Join(dir, "base"), filepath.Join(dir, "adapter")
-	if err := m.Write(base); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Write(adapter); err != nil {
-		t.Fatal(err)
-	}
-	return base, adapter
-}
-
 // loadDirsWith opens two local directories and reads their headers with opts.
 func loadDirsWith(t *testing.T, base, adapter string, opts mergeplan.Options) *Inputs {
 	t.Helper()

@@ -19,15 +19,7 @@ func fp8KeepInputs(t *testing.T, alpha float64) (base, adapter string) {
 	a := fixture.NewAdapter(4, alpha, "q_proj")
 	w := m.Tensor("model.layers.0.self_attn.q_proj.weight")
 	a.Linear("model.layers.0.self_attn.q_proj", w.Shape[0], w.Shape[1], 4, safetensors.F32, fixture.NewRand(73))
-	dir := t.TempDir()
-	base, adapter = filepath.Join(dir, "base"), filepath.Join(dir, "adapter")
-	if err := m.Write(base); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Write(adapter); err != nil {
-		t.Fatal(err)
-	}
-	return base, adapter
+	return writeInputs(t, m, a)
 }
 
 // TestFP8KeepMessages: plan --quantized keep on a block-FP8 base warns, before anything

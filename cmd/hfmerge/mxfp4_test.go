@@ -22,15 +22,7 @@ func mxfp4Inputs(t *testing.T, alpha float64) (base, adapter string) {
 	m.Split(2)
 	a := fixture.NewExpertAdapter(4, alpha, "0.20.0", "mlp.experts.gate_up_proj")
 	a.Experts(fixture.ExpertsModule(0), 0, 4, 4, 64, 128, safetensors.F32, fixture.NewRand(63))
-	dir := t.TempDir()
-	base, adapter = filepath.Join(dir, "base"), filepath.Join(dir, "adapter")
-	if err := m.Write(base); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Write(adapter); err != nil {
-		t.Fatal(err)
-	}
-	return base, adapter
+	return writeInputs(t, m, a)
 }
 
 // TestMXFP4KeepCLI: plan --quantized keep on an MXFP4 base warns that the delta mostly

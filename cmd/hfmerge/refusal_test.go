@@ -35,6 +35,12 @@ func inputs(t *testing.T, edit func(m *fixture.Model, a *fixture.Adapter)) (base
 	if edit != nil {
 		edit(m, a)
 	}
+	return writeInputs(t, m, a)
+}
+
+// writeInputs writes a generated base and adapter into a temp dir.
+func writeInputs(t *testing.T, m *fixture.Model, a *fixture.Adapter) (base, adapter string) {
+	t.Helper()
 	dir := t.TempDir()
 	base, adapter = filepath.Join(dir, "base"), filepath.Join(dir, "adapter")
 	if err := m.Write(base); err != nil {
